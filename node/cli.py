@@ -1,0 +1,156 @@
+"""The `mura-node` command: serve, status, db upgrade, config.
+
+Exit statuses: 0 success, 1 runtime failure (message on stderr), 2 invalid configuration or usage.
+Logging is configured here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from node import __version__
+from node.config import Config, load_config
+from node.errors import ConfigError, ListenError, ProfileError, SchemaError
+
+log = logging.getLogger("node")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help="TOML configuration file (default: ./mura-node.toml if present, else built-in defaults)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="mura-node",
+        description="DICOM node for abnormality detection in upper-extremity radiographs (MURA).",
+    )
+    parser.add_argument("--version", action="version", version=f"mura-node {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "serve", parents=[common], help="receive studies (C-STORE SCP) and queue complete ones"
+    )
+    status = commands.add_parser("status", parents=[common], help="show the study queue")
+    status.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+    status.add_argument(
+        "--limit", type=int, default=20, help="how many recent studies to list (default 20)"
+    )
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_commands.add_parser("upgrade", parents=[common], help="create or upgrade the schema")
+    config = commands.add_parser("config", help="configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    config_commands.add_parser("show", parents=[common], help="print the effective configuration")
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # pynetdicom logs every PDU at INFO; keep its chatter for DEBUG runs.
+    if level.upper() != "DEBUG":
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"mura-node: {message}", file=sys.stderr)
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(f"configuration error: {exc}", 2)
+    _configure_logging(config.service.log_level)
+    try:
+        return _run(args, config)
+    except (ConfigError, ProfileError) as exc:
+        return _fail(f"configuration error: {exc}", 2)
+    except (SchemaError, ListenError) as exc:
+        return _fail(str(exc), 1)
+    except OSError as exc:
+        return _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), 1)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace, config: Config) -> int:
+    if args.command == "serve":
+        from node.service import serve
+
+        return serve(config)
+    if args.command == "status":
+        return _status(config, as_json=args.json, limit=args.limit)
+    if args.command == "db":
+        from node.db import make_engine, upgrade_database
+
+        engine = make_engine(config.database_url)
+        upgrade_database(engine)
+        print("database schema is up to date")
+        return 0
+    if args.command == "config":
+        print(json.dumps(_config_dict(config), indent=2))
+        return 0
+    raise AssertionError(args.command)  # pragma: no cover
+
+
+def _status(config: Config, *, as_json: bool, limit: int) -> int:
+    from sqlalchemy.engine import make_url
+
+    from node.db import check_schema, make_engine
+    from node.repository import utcnow
+    from node.service import safe_url
+    from node.status import collect_status, render_status
+
+    url = config.database_url
+    parsed = make_url(url)
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and parsed.database
+        and not Path(parsed.database).exists()
+    ):
+        raise SchemaError(
+            f"no database at {parsed.database}: has `mura-node serve` run with this configuration?"
+        )
+    engine = make_engine(url, readonly=True)
+    try:
+        check_schema(engine)
+        report = collect_status(engine, utcnow(), limit=max(1, limit))
+    finally:
+        engine.dispose()
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        sys.stdout.write(render_status(report, safe_url(url)))
+    return 0
+
+
+def _config_dict(config: Config) -> dict[str, Any]:
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    data = plain(dataclasses.asdict(config))
+    data["database"]["effective_url"] = config.database_url
+    return dict(data)

@@ -1,0 +1,340 @@
+"""The study queue's operations: record arrivals, decide completion, claim work.
+
+Every method is one short transaction, and every state change is a compare-and-set on the row
+(SQLite: ``BEGIN IMMEDIATE`` serialises writers; PostgreSQL: ``SELECT ... FOR UPDATE``, with
+``SKIP LOCKED`` for claims), so several SCP threads, schedulers and workers, in several processes or
+on several machines, can share one database without losing an arrival or doing a study twice.
+
+Rules for arrivals (see docs/ingest.md):
+
+* same SOPInstanceUID, same bytes: nothing changes (a re-send is a no-op success);
+* same SOPInstanceUID, different bytes: the new version replaces the old one and counts as a new
+  arrival (so the study is looked at again);
+* a CR/DX arrival for a study that is past RECEIVING re-opens it (new generation);
+* objects of other SOP classes are recorded but never open or re-open a study, so the node's own
+  results coming back from the PACS cannot start a loop.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from node.completion import ArrivalTimes, CompletionPolicy, complete_studies
+from node.db import IngestRejection, Instance, Study, StudyEvent, StudyState
+from node.eligibility import decide_eligibility
+from node.profiles import Role, Vocabulary
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+DESCRIPTIVE_FIELDS = ("BodyPartExamined", "ProtocolName", "SeriesDescription", "StudyDescription")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class IngestOutcome(enum.StrEnum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    REPLACED = "replaced"
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What the SCP learned from one received data set (header only)."""
+
+    study_instance_uid: str
+    series_instance_uid: str | None
+    sop_instance_uid: str
+    sop_class_uid: str
+    role: Role
+    transfer_syntax_uid: str
+    sha256: str
+    size_bytes: int
+    calling_ae_title: str
+    modality: str | None = None
+    body_part_examined: str | None = None
+    protocol_name: str | None = None
+    series_description: str | None = None
+    study_description: str | None = None
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    outcome: IngestOutcome
+    study_id: int
+    obsolete_file: str | None  # a replaced version's file, to delete after commit
+    reopened: bool
+
+
+@dataclass(frozen=True)
+class CompletionOutcome:
+    study_id: int
+    study_instance_uid: str
+    state: StudyState
+    study_type: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class ClaimedStudy:
+    study_id: int
+    study_instance_uid: str
+    generation: int
+    study_type: str | None
+
+
+class Repository:
+    def __init__(self, engine: Engine, clock: Clock = utcnow) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    # -- arrivals -------------------------------------------------------------------------------
+
+    def record_instance(self, record: InstanceRecord, file_path: str | None) -> IngestResult:
+        """Record one received instance; retried once when a concurrent insert wins the race."""
+        for attempt in range(3):
+            try:
+                return self._record_instance(record, file_path)
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+                log.debug("concurrent insert for the same study or instance; retrying")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _record_instance(self, record: InstanceRecord, file_path: str | None) -> IngestResult:
+        now = self.clock()
+        with Session(self.engine) as session, session.begin():
+            existing = session.scalar(
+                select(Instance)
+                .where(Instance.sop_instance_uid == record.sop_instance_uid)
+                .with_for_update()
+            )
+            if existing is not None and existing.sha256 == record.sha256:
+                return IngestResult(IngestOutcome.DUPLICATE, existing.study_id, None, False)
+            study = session.scalar(
+                select(Study)
+                .where(Study.study_instance_uid == record.study_instance_uid)
+                .with_for_update()
+            )
+            if study is None:
+                study = Study(
+                    study_instance_uid=record.study_instance_uid,
+                    state=StudyState.RECEIVING,
+                    generation=1,
+                    first_received_at=now,
+                    opened_at=now,
+                    last_received_at=now,
+                    state_changed_at=now,
+                )
+                session.add(study)
+                session.flush()
+                _event(
+                    session,
+                    study.id,
+                    now,
+                    "opened",
+                    f"first instance from {record.calling_ae_title}",
+                )
+            reopened = False
+            if record.role is Role.ANALYSE and study.state != StudyState.RECEIVING:
+                _event(session, study.id, now, "reopened", f"new image after {study.state}")
+                study.state = StudyState.RECEIVING
+                study.generation += 1
+                study.opened_at = now
+                study.state_changed_at = now
+                study.study_type = None
+                study.reason = None
+                study.claimed_by = None
+                study.lease_expires_at = None
+                reopened = True
+            if record.role is Role.ANALYSE or study.state == StudyState.RECEIVING:
+                study.last_received_at = now
+            values = _instance_values(record, file_path, study.id, now)
+            if existing is None:
+                session.add(Instance(**values, revision=1))
+                return IngestResult(IngestOutcome.STORED, study.id, None, reopened)
+            obsolete = existing.file_path if existing.file_path != file_path else None
+            if existing.study_id != study.id:
+                _event(
+                    session,
+                    existing.study_id,
+                    now,
+                    "instance moved",
+                    "a new version names another study",
+                )
+            _event(session, study.id, now, "instance replaced", f"revision {existing.revision + 1}")
+            for key, value in values.items():
+                setattr(existing, key, value)
+            existing.revision += 1
+            return IngestResult(IngestOutcome.REPLACED, study.id, obsolete, reopened)
+
+    def record_rejection(self, calling_ae_title: str, status: int, reason: str) -> None:
+        """Best effort: a database that is down must not turn a rejection into an exception."""
+        try:
+            with Session(self.engine) as session, session.begin():
+                session.add(
+                    IngestRejection(
+                        at=self.clock(),
+                        calling_ae_title=calling_ae_title[:16],
+                        status=status,
+                        reason=reason,
+                    )
+                )
+        except (OperationalError, IntegrityError) as exc:
+            log.warning("could not record a rejected C-STORE: %s", exc.__class__.__name__)
+
+    def file_in_use(self, file_path: str) -> bool:
+        with Session(self.engine) as session:
+            return bool(session.scalar(select(func.count()).where(Instance.file_path == file_path)))
+
+    # -- completion -----------------------------------------------------------------------------
+
+    def complete_studies(
+        self, policy: CompletionPolicy, vocabulary: Vocabulary
+    ) -> list[CompletionOutcome]:
+        """Move every RECEIVING study whose arrival has settled to READY or IGNORED."""
+        now = self.clock()
+        with Session(self.engine) as session:
+            rows = session.execute(
+                select(Study.id, Study.opened_at, Study.last_received_at, Study.generation).where(
+                    Study.state == StudyState.RECEIVING
+                )
+            ).all()
+        seen = {row.id: (row.last_received_at, row.generation) for row in rows}
+        arrivals = [ArrivalTimes(row.id, row.opened_at, row.last_received_at) for row in rows]
+        outcomes = []
+        for completion in complete_studies(arrivals, now, policy):
+            last, generation = seen[completion.study_id]
+            outcome = self._complete_one(
+                completion.study_id, last, generation, completion.reason, vocabulary
+            )
+            if outcome is not None:
+                outcomes.append(outcome)
+        return outcomes
+
+    def _complete_one(
+        self, study_id: int, last: datetime, generation: int, why: str, vocabulary: Vocabulary
+    ) -> CompletionOutcome | None:
+        now = self.clock()
+        with Session(self.engine) as session, session.begin():
+            study = session.scalar(select(Study).where(Study.id == study_id).with_for_update())
+            if (
+                study is None
+                or study.state != StudyState.RECEIVING
+                or study.last_received_at != last
+                or study.generation != generation
+            ):
+                return None  # an instance arrived meanwhile; the next tick decides
+            instances = session.scalars(
+                select(Instance).where(Instance.study_id == study_id).order_by(Instance.id)
+            ).all()
+            images = [i for i in instances if i.role == Role.ANALYSE]
+            facts = [
+                dict(
+                    zip(
+                        DESCRIPTIVE_FIELDS,
+                        (
+                            i.body_part_examined,
+                            i.protocol_name,
+                            i.series_description,
+                            i.study_description,
+                        ),
+                        strict=True,
+                    )
+                )
+                for i in images
+            ]
+            eligibility, verdicts = decide_eligibility(
+                facts, vocabulary, len(instances) - len(images)
+            )
+            for image, verdict in zip(images, verdicts, strict=True):
+                image.study_type = (
+                    verdict.study_type if verdict.study_type == eligibility.study_type else None
+                )
+            state = StudyState.READY if eligibility.eligible else StudyState.IGNORED
+            study.state = state
+            study.study_type = eligibility.study_type
+            study.reason = eligibility.reason
+            study.state_changed_at = now
+            label = "quiet period passed" if why == "quiet" else "force timeout passed"
+            _event(session, study_id, now, state.lower(), f"{label}; {eligibility.reason}")
+            return CompletionOutcome(
+                study_id,
+                study.study_instance_uid,
+                state,
+                eligibility.study_type,
+                eligibility.reason,
+            )
+
+    # -- work -----------------------------------------------------------------------------------
+
+    def claim_ready_study(self, worker_id: str, lease: timedelta) -> ClaimedStudy | None:
+        """Atomically take the oldest READY study for processing; None when there is none."""
+        now = self.clock()
+        with Session(self.engine) as session, session.begin():
+            study = session.scalar(
+                select(Study)
+                .where(Study.state == StudyState.READY)
+                .order_by(Study.state_changed_at, Study.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            if study is None:
+                return None
+            claimed = session.execute(
+                update(Study)
+                .where(Study.id == study.id, Study.state == StudyState.READY)
+                .values(
+                    state=StudyState.PROCESSING,
+                    claimed_by=worker_id[:128],
+                    lease_expires_at=now + lease,
+                    state_changed_at=now,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            _event(session, study.id, now, "claimed", f"by {worker_id}")
+            return ClaimedStudy(
+                study.id, study.study_instance_uid, study.generation, study.study_type
+            )
+
+
+def _instance_values(
+    record: InstanceRecord, file_path: str | None, study_id: int, now: datetime
+) -> dict[str, object]:
+    return {
+        "study_id": study_id,
+        "sop_instance_uid": record.sop_instance_uid,
+        "sop_class_uid": record.sop_class_uid,
+        "series_instance_uid": record.series_instance_uid,
+        "role": str(record.role),
+        "transfer_syntax_uid": record.transfer_syntax_uid,
+        "file_path": file_path,
+        "sha256": record.sha256,
+        "size_bytes": record.size_bytes,
+        "calling_ae_title": record.calling_ae_title,
+        "received_at": now,
+        "modality": record.modality,
+        "body_part_examined": record.body_part_examined,
+        "protocol_name": record.protocol_name,
+        "series_description": record.series_description,
+        "study_description": record.study_description,
+        "study_type": None,
+    }
+
+
+def _event(
+    session: Session, study_id: int, at: datetime, name: str, detail: str | None = None
+) -> None:
+    session.add(StudyEvent(study_id=study_id, at=at, event=name, detail=detail))

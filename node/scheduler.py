@@ -1,0 +1,66 @@
+"""APScheduler wiring only: the periodic completion tick (the decisions live elsewhere)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from node.completion import CompletionPolicy
+from node.profiles import Vocabulary
+from node.repository import CompletionOutcome, Repository
+
+log = logging.getLogger(__name__)
+
+
+def short_uid(uid: str, keep: int = 6) -> str:
+    """A UID shortened for people: the root's first part and the tail that tells studies apart."""
+    return uid if len(uid) <= 2 * keep + 1 else f"{uid[:keep]}…{uid[-keep:]}"
+
+
+class CompletionScheduler:
+    def __init__(
+        self,
+        repository: Repository,
+        policy: CompletionPolicy,
+        vocabulary: Vocabulary,
+        interval_s: float,
+    ) -> None:
+        self.repository = repository
+        self.policy = policy
+        self.vocabulary = vocabulary
+        self.interval_s = interval_s
+        self._scheduler = BackgroundScheduler(timezone=UTC)
+
+    def tick(self) -> list[CompletionOutcome]:
+        """One completion pass; safe to run from several processes at once."""
+        try:
+            outcomes = self.repository.complete_studies(self.policy, self.vocabulary)
+        except Exception:
+            log.exception("completion tick failed; the next tick tries again")
+            return []
+        for outcome in outcomes:
+            log.info(
+                "study %s is %s (%s)",
+                short_uid(outcome.study_instance_uid),
+                outcome.state,
+                outcome.reason,
+            )
+        return outcomes
+
+    def start(self) -> None:
+        self._scheduler.add_job(
+            self.tick,
+            "interval",
+            seconds=self.interval_s,
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+            id="completion",
+        )
+        self._scheduler.start()
+
+    def stop(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)

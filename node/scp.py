@@ -1,0 +1,288 @@
+"""The receiving application entity: C-ECHO and C-STORE over pynetdicom.
+
+C-STORE statuses (also in docs/ingest.md):
+
+======  ============================================================================
+0x0000  stored durably (file fsynced and renamed, row committed), or a byte-identical re-send,
+        or an object of an ignored SOP class (recorded, bytes not kept)
+0xA700  out of resources: the file or its database row could not be made durable (nothing kept)
+0xA900  the data set's SOPClassUID / SOPInstanceUID differ from the C-STORE request
+0xC000  the data set cannot be parsed
+0xC001  a required identifier (Study, Series or SOP Instance UID) is missing or not a UID
+======  ============================================================================
+
+The handler parses the header only (``stop_before_pixels``): no pixel decoding, no inference.
+Data sets are received with pynetdicom's streamed mode (``STORE_RECV_CHUNKED_DATASET``), which
+writes the incoming bytes to a temporary file (in ``$TMPDIR``) instead of memory, so a large
+image is never held whole in memory; the handler copies it into the store in 1 MiB chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socketserver
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.exc import SQLAlchemyError
+
+from node.config import DicomConfig
+from node.errors import (
+    DatasetMismatch,
+    InvalidIdentifier,
+    ListenError,
+    OutOfResources,
+    UnreadableDataset,
+)
+from node.profiles import Role, StorageProfile
+from node.repository import IngestOutcome, InstanceRecord, Repository
+from node.storage import FileStore, dataset_offset
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+MISMATCH = 0xA900
+CANNOT_PARSE = 0xC000
+BAD_IDENTIFIER = 0xC001
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+@dataclass(frozen=True)
+class Header:
+    """The few attributes the node reads at ingest."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str | None
+    modality: str | None
+    body_part_examined: str | None
+    protocol_name: str | None
+    series_description: str | None
+    study_description: str | None
+
+
+def is_uid(value: str | None) -> bool:
+    return bool(value) and len(value or "") <= 64 and bool(_UID.match(value or ""))
+
+
+def read_header(path: Path) -> Header:
+    """Parse the data set's header (no pixel data); raise UnreadableDataset on any failure."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True)
+
+        def text(keyword: str) -> str | None:
+            value = ds.get(keyword)
+            if value is None or value == "":
+                return None
+            return str(value).strip()[:64] or None
+
+        header = Header(
+            sop_class_uid=text("SOPClassUID") or "",
+            sop_instance_uid=text("SOPInstanceUID") or "",
+            study_instance_uid=text("StudyInstanceUID") or "",
+            series_instance_uid=text("SeriesInstanceUID"),
+            modality=text("Modality"),
+            body_part_examined=text("BodyPartExamined"),
+            protocol_name=text("ProtocolName"),
+            series_description=text("SeriesDescription"),
+            study_description=text("StudyDescription"),
+        )
+    except Exception as exc:  # pydicom raises many types on malformed input
+        raise UnreadableDataset(f"cannot parse data set: {exc.__class__.__name__}") from None
+    return header
+
+
+class StoreHandler:
+    """EVT_C_STORE: durable store, then database row, then success; statuses for everything else."""
+
+    def __init__(self, store: FileStore, repository: Repository, profile: StorageProfile) -> None:
+        self.store = store
+        self.repository = repository
+        self.profile = profile
+
+    def __call__(self, event: evt.Event) -> Dataset:
+        calling = str(event.assoc.requestor.ae_title).strip()
+        try:
+            return _status(SUCCESS, self._store(event, calling))
+        except DatasetMismatch as exc:
+            return self._reject(calling, MISMATCH, str(exc))
+        except InvalidIdentifier as exc:
+            return self._reject(calling, BAD_IDENTIFIER, str(exc))
+        except UnreadableDataset as exc:
+            return self._reject(calling, CANNOT_PARSE, str(exc))
+        except OutOfResources as exc:
+            return self._reject(calling, OUT_OF_RESOURCES, str(exc))
+        except Exception:
+            log.exception("unexpected error while storing an instance")
+            return self._reject(calling, OUT_OF_RESOURCES, "internal error while storing")
+
+    def _reject(self, calling: str, code: int, reason: str) -> Dataset:
+        log.warning("C-STORE from %s refused with 0x%04X: %s", calling, code, reason)
+        self.repository.record_rejection(calling, code, reason)
+        return _status(code, reason)
+
+    def _store(self, event: evt.Event, calling: str) -> str | None:
+        request = cast(C_STORE, event.request)
+        sop_class = str(request.AffectedSOPClassUID)
+        sop_instance = str(request.AffectedSOPInstanceUID)
+        role = self.profile.role(sop_class)
+        if role is None:  # cannot happen with the negotiated contexts; kept as a guard
+            raise DatasetMismatch(f"SOP class {sop_class} is not accepted")
+        source = event.dataset_path
+        offset = dataset_offset(source)
+        with source.open("rb") as fp:
+            fp.seek(offset)
+            staged = self.store.stage(
+                fp,
+                sop_class_uid=sop_class,
+                sop_instance_uid=sop_instance,
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+                source_ae_title=calling,
+            )
+        with self.store.staged(staged):
+            header = read_header(staged.path)
+            if header.sop_class_uid != sop_class:
+                raise DatasetMismatch("SOPClassUID in the data set differs from the request")
+            if header.sop_instance_uid != sop_instance:
+                raise DatasetMismatch("SOPInstanceUID in the data set differs from the request")
+            for name in ("sop_instance_uid", "study_instance_uid"):
+                if not is_uid(getattr(header, name)):
+                    raise InvalidIdentifier(f"{name} is missing or not a valid UID")
+            if header.series_instance_uid is not None and not is_uid(header.series_instance_uid):
+                raise InvalidIdentifier("series_instance_uid is not a valid UID")
+            record = InstanceRecord(
+                study_instance_uid=header.study_instance_uid,
+                series_instance_uid=header.series_instance_uid,
+                sop_instance_uid=sop_instance,
+                sop_class_uid=sop_class,
+                role=role,
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+                sha256=staged.sha256,
+                size_bytes=staged.size,
+                calling_ae_title=calling[:16],
+                modality=header.modality,
+                body_part_examined=header.body_part_examined,
+                protocol_name=header.protocol_name,
+                series_description=header.series_description,
+                study_description=header.study_description,
+            )
+            relative = None
+            preexisting = False
+            if role is Role.ANALYSE:
+                preexisting = self.store.path_of(
+                    self.store.relative_path_for(staged.sha256)
+                ).exists()
+                relative = self.store.commit(staged)
+            try:
+                result = self.repository.record_instance(record, relative)
+            except SQLAlchemyError as exc:
+                if relative is not None and not preexisting:
+                    self.store.remove(relative)
+                raise OutOfResources(f"database error: {exc.__class__.__name__}") from exc
+        if result.obsolete_file and not self.repository.file_in_use(result.obsolete_file):
+            self.store.remove(result.obsolete_file)
+        log.debug("C-STORE from %s: %s (%s)", calling, result.outcome, role)
+        if result.outcome is IngestOutcome.DUPLICATE:
+            return "identical instance already stored"
+        return None
+
+
+def _status(code: int, comment: str | None) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    if comment:
+        status.ErrorComment = comment[:64]
+    return status
+
+
+def build_ae(config: DicomConfig, profile: StorageProfile) -> AE:
+    """An AE that accepts Verification and the profile's storage SOP classes."""
+    _config.STORE_RECV_CHUNKED_DATASET = True  # stream data sets to disk, never whole in memory
+    ae = AE(ae_title=config.ae_title)
+    ae.maximum_associations = config.max_associations
+    ae.maximum_pdu_size = config.maximum_pdu_size
+    ae.acse_timeout = config.acse_timeout_s
+    ae.dimse_timeout = config.dimse_timeout_s
+    ae.network_timeout = config.network_timeout_s
+    ae.require_called_aet = config.require_called_ae_title
+    ae.require_calling_aet = list(config.accepted_calling_ae_titles)
+    ae.add_supported_context(Verification)
+    for sop_class in profile.sop_classes:
+        ae.add_supported_context(sop_class, list(profile.transfer_syntaxes))
+    return ae
+
+
+def _on_accepted(event: evt.Event) -> None:
+    log.info(
+        "association accepted from %s (%s)",
+        event.assoc.requestor.ae_title,
+        event.assoc.requestor.address,
+    )
+
+
+def _on_rejected(event: evt.Event) -> None:
+    log.warning(
+        "association rejected from %s (%s)",
+        event.assoc.requestor.ae_title,
+        event.assoc.requestor.address,
+    )
+
+
+class StoreSCP:
+    """The running server: start, then stop gracefully."""
+
+    def __init__(self, config: DicomConfig, profile: StorageProfile, handler: StoreHandler) -> None:
+        self.config = config
+        self.ae = build_ae(config, profile)
+        self.handler = handler
+        self.server: ThreadedAssociationServer | None = None
+
+    def start(self) -> None:
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, self.handler),
+            (evt.EVT_ACCEPTED, _on_accepted),
+            (evt.EVT_REJECTED, _on_rejected),
+        ]
+        address = (self.config.host, self.config.port)
+        try:
+            self.server = self.ae.start_server(address, block=False, evt_handlers=handlers)
+        except OSError as exc:
+            raise ListenError(
+                f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}"
+            ) from None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.server_address[1])
+
+    def stop(self, grace_period_s: float) -> int:
+        """Stop accepting, let open associations finish for up to the grace period, then abort
+        the rest. Returns how many associations had to be aborted."""
+        server = self.server
+        if server is None:
+            return 0
+        socketserver.BaseServer.shutdown(server)  # end the accept loop
+        server.server_close()  # new connections are refused from here on
+        deadline = time.monotonic() + grace_period_s
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        remaining = server.active_associations
+        for assoc in remaining:
+            assoc.abort()
+        self.ae.shutdown()
+        self.server = None
+        return len(remaining)

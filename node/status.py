@@ -1,0 +1,210 @@
+"""`mura-node status`: what the queue holds, read from the database (works while `serve` runs).
+
+No patient name, ID or other patient data is read; studies are shown by a shortened
+StudyInstanceUID (the full UID is in ``--json``, for scripts).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, case, func, select
+from sqlalchemy.orm import Session
+
+from node.db import IngestRejection, Instance, Study, StudyState
+from node.profiles import Role
+from node.scheduler import short_uid
+
+WAITING = (StudyState.RECEIVING, StudyState.READY, StudyState.PROCESSING, StudyState.DISPATCHING)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="seconds")
+
+
+def _study_row(study: Study, images: int, others: int) -> dict[str, Any]:
+    return {
+        "study": short_uid(study.study_instance_uid),
+        "study_instance_uid": study.study_instance_uid,
+        "study_type": study.study_type,
+        "images": images,
+        "other_objects": others,
+        "state": study.state,
+        "generation": study.generation,
+        "opened_at": _iso(study.opened_at),
+        "last_received_at": _iso(study.last_received_at),
+        "state_changed_at": _iso(study.state_changed_at),
+        "reason": study.reason,
+    }
+
+
+def collect_status(engine: Engine, now: datetime, limit: int = 20) -> dict[str, Any]:
+    """The status report as plain data (the --json output)."""
+    with Session(engine) as session:
+        counts = {state.value: 0 for state in StudyState}
+        for state, count in session.execute(
+            select(Study.state, func.count()).group_by(Study.state)
+        ):
+            counts[state] = count
+        stored, ignored = session.execute(
+            select(
+                func.coalesce(func.sum(case((Instance.role == Role.ANALYSE, 1), else_=0)), 0),
+                func.coalesce(func.sum(case((Instance.role == Role.IGNORE, 1), else_=0)), 0),
+            )
+        ).one()
+        oldest = session.scalar(
+            select(Study)
+            .where(Study.state.in_(WAITING))
+            .order_by(Study.opened_at, Study.id)
+            .limit(1)
+        )
+        recent = session.scalars(
+            select(Study).order_by(Study.last_received_at.desc(), Study.id.desc()).limit(limit)
+        ).all()
+        failed = session.scalars(
+            select(Study)
+            .where(Study.state == StudyState.FAILED)
+            .order_by(Study.state_changed_at.desc())
+            .limit(limit)
+        ).all()
+        ids = {s.id for s in (*recent, *failed)}
+        per_study: dict[int, tuple[int, int]] = {}
+        if ids:
+            rows = session.execute(
+                select(
+                    Instance.study_id,
+                    func.sum(case((Instance.role == Role.ANALYSE, 1), else_=0)),
+                    func.sum(case((Instance.role == Role.IGNORE, 1), else_=0)),
+                )
+                .where(Instance.study_id.in_(ids))
+                .group_by(Instance.study_id)
+            )
+            per_study = {row[0]: (int(row[1] or 0), int(row[2] or 0)) for row in rows}
+        since = now - timedelta(hours=24)
+        rejected = session.scalar(select(func.count()).where(IngestRejection.at >= since)) or 0
+        rejections = session.scalars(
+            select(IngestRejection)
+            .where(IngestRejection.at >= since)
+            .order_by(IngestRejection.at.desc())
+            .limit(limit)
+        ).all()
+        return {
+            "generated_at": _iso(now),
+            "studies_by_state": counts,
+            "instances": {"stored": int(stored), "ignored": int(ignored)},
+            "oldest_waiting": None
+            if oldest is None
+            else {
+                "study": short_uid(oldest.study_instance_uid),
+                "study_instance_uid": oldest.study_instance_uid,
+                "state": oldest.state,
+                "since": _iso(oldest.opened_at),
+                "waiting_s": round((now - oldest.opened_at).total_seconds(), 1),
+            },
+            "recent_studies": [_study_row(s, *per_study.get(s.id, (0, 0))) for s in recent],
+            "failed_studies": [_study_row(s, *per_study.get(s.id, (0, 0))) for s in failed],
+            "rejected_last_24h": {
+                "count": int(rejected),
+                "recent": [
+                    {
+                        "at": _iso(r.at),
+                        "calling_ae_title": r.calling_ae_title,
+                        "status": f"0x{r.status:04X}",
+                        "reason": r.reason,
+                    }
+                    for r in rejections
+                ],
+            },
+        }
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def _clock(value: str | None) -> str:
+    return "-" if value is None else value[:19].replace("T", " ")
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    lines = ["  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += [
+        "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    return lines
+
+
+def _study_table(studies: list[dict[str, Any]]) -> list[str]:
+    headers = [
+        "STUDY",
+        "TYPE",
+        "IMAGES",
+        "OTHER",
+        "STATE",
+        "OPENED (UTC)",
+        "LAST ARRIVAL",
+        "CHANGED",
+        "REASON",
+    ]
+    rows = [
+        [
+            s["study"],
+            s["study_type"] or "-",
+            str(s["images"]),
+            str(s["other_objects"]),
+            s["state"],
+            _clock(s["opened_at"]),
+            _clock(s["last_received_at"])[11:],
+            _clock(s["state_changed_at"])[11:],
+            s["reason"] or "",
+        ]
+        for s in studies
+    ]
+    return _table(headers, rows)
+
+
+def render_status(report: dict[str, Any], database: str) -> str:
+    """The report for people: aligned plain text."""
+    lines = [f"mura-node status at {_clock(report['generated_at'])} UTC, database {database}", ""]
+    counts = report["studies_by_state"]
+    lines.append("Studies by state")
+    lines += _table(["STATE", "STUDIES"], [[state, str(n)] for state, n in counts.items()])
+    instances = report["instances"]
+    lines.append(
+        f"Instances: {instances['stored']} images stored, {instances['ignored']} other objects ignored"
+    )
+    oldest = report["oldest_waiting"]
+    if oldest:
+        lines.append(
+            f"Oldest waiting study: {oldest['study']} ({oldest['state']}), "
+            f"waiting {_duration(oldest['waiting_s'])} since {_clock(oldest['since'])} UTC"
+        )
+    else:
+        lines.append("Oldest waiting study: none")
+    lines += ["", "Recent studies (newest arrival first)"]
+    lines += _study_table(report["recent_studies"]) if report["recent_studies"] else ["  none yet"]
+    lines += ["", "Failed studies"]
+    lines += _study_table(report["failed_studies"]) if report["failed_studies"] else ["  none"]
+    rejected = report["rejected_last_24h"]
+    lines += ["", f"Refused C-STOREs in the last 24 h: {rejected['count']}"]
+    if rejected["recent"]:
+        lines += _table(
+            ["AT (UTC)", "FROM", "STATUS", "REASON"],
+            [
+                [_clock(r["at"]), r["calling_ae_title"], r["status"], r["reason"]]
+                for r in rejected["recent"]
+            ],
+        )
+    return "\n".join(lines) + "\n"

@@ -46,7 +46,7 @@ class StorageProfile:
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """Terms that name a MURA study type, an unspecified arm, or another body part."""
+    """Terms that name a MURA study type, an unspecified limb, or another body part."""
 
     fields: tuple[str, ...]
     study_types: dict[str, tuple[str, ...]]
@@ -125,8 +125,8 @@ def load_vocabulary(directory: Path | None = None) -> Vocabulary:
             for name in MURA_STUDY_TYPES
         },
         unspecified=_terms(
-            "upper_extremity_unspecified.terms",
-            data.get("upper_extremity_unspecified", {}).get("terms", []),
+            "extremity_unspecified.terms",
+            data.get("extremity_unspecified", {}).get("terms", []),
         ),
         not_upper_extremity=_terms(
             "not_upper_extremity.terms", data.get("not_upper_extremity", {}).get("terms", [])

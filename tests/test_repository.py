@@ -1,0 +1,265 @@
+"""The study queue on real SQLite and real PostgreSQL, under a controlled clock."""
+
+from __future__ import annotations
+
+import multiprocessing
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from node.completion import CompletionPolicy
+from node.db import Instance, Study, StudyEvent, StudyState, make_engine, upgrade_database
+from node.profiles import Role, Vocabulary
+from node.repository import IngestOutcome, InstanceRecord, Repository
+from tests.conftest import FakeClock as Clock
+
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+POLICY = CompletionPolicy(quiet_period=timedelta(seconds=60), force_after=timedelta(seconds=900))
+
+
+def record(
+    sop: str,
+    study: str = "1.2.3",
+    *,
+    sha: str = "a" * 64,
+    role: Role = Role.ANALYSE,
+    body: str = "HAND",
+) -> InstanceRecord:
+    return InstanceRecord(
+        study_instance_uid=study,
+        series_instance_uid="1.2.3.1",
+        sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+        role=role,
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        sha256=sha,
+        size_bytes=100,
+        calling_ae_title="MODALITY",
+        modality="CR",
+        body_part_examined=body,
+    )
+
+
+@pytest.fixture
+def engine(database_url: str) -> Engine:
+    engine = make_engine(database_url)
+    upgrade_database(engine)
+    return engine
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(T0)
+
+
+@pytest.fixture
+def repo(engine: Engine, clock: Clock) -> Repository:
+    return Repository(engine, clock)
+
+
+def study(engine: Engine, uid: str = "1.2.3") -> Study:
+    with Session(engine) as session:
+        found = session.scalar(select(Study).where(Study.study_instance_uid == uid))
+        assert found is not None
+        return found
+
+
+def events(engine: Engine, uid: str = "1.2.3") -> list[str]:
+    with Session(engine) as session:
+        return list(
+            session.scalars(
+                select(StudyEvent.event)
+                .join(Study, Study.id == StudyEvent.study_id)
+                .where(Study.study_instance_uid == uid)
+                .order_by(StudyEvent.id)
+            )
+        )
+
+
+def test_instances_group_into_studies(repo: Repository, engine: Engine, clock: Clock) -> None:
+    repo.record_instance(record("1.1", "1.2.3"), "instances/aa/a.dcm")
+    clock.advance(5)
+    repo.record_instance(record("1.2", "1.2.3", sha="b" * 64), "instances/bb/b.dcm")
+    repo.record_instance(record("2.1", "4.5.6", sha="c" * 64), "instances/cc/c.dcm")
+    first = study(engine, "1.2.3")
+    assert first.state == StudyState.RECEIVING
+    assert first.first_received_at == T0
+    assert first.last_received_at == T0 + timedelta(seconds=5)
+    with Session(engine) as session:
+        counts = {
+            uid: len(
+                session.scalars(
+                    select(Instance).join(Study).where(Study.study_instance_uid == uid)
+                ).all()
+            )
+            for uid in ("1.2.3", "4.5.6")
+        }
+    assert counts == {"1.2.3": 2, "4.5.6": 1}
+
+
+def test_resend_with_same_bytes_is_a_no_op(repo: Repository, engine: Engine, clock: Clock) -> None:
+    assert repo.record_instance(record("1.1"), "f1").outcome is IngestOutcome.STORED
+    clock.advance(30)
+    again = repo.record_instance(record("1.1"), "f1")
+    assert again.outcome is IngestOutcome.DUPLICATE
+    assert study(engine).last_received_at == T0
+
+
+def test_resend_with_different_bytes_replaces(
+    repo: Repository, engine: Engine, clock: Clock
+) -> None:
+    repo.record_instance(record("1.1", sha="a" * 64), "old")
+    clock.advance(10)
+    result = repo.record_instance(record("1.1", sha="b" * 64), "new")
+    assert result.outcome is IngestOutcome.REPLACED
+    assert result.obsolete_file == "old"
+    with Session(engine) as session:
+        rows = session.scalars(select(Instance)).all()
+    assert [(r.file_path, r.sha256, r.revision) for r in rows] == [("new", "b" * 64, 2)]
+    assert study(engine).last_received_at == T0 + timedelta(seconds=10)
+
+
+def test_completion_after_quiet_period(
+    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+) -> None:
+    repo.record_instance(record("1.1"), "f1")
+    clock.advance(59)
+    assert repo.complete_studies(POLICY, vocabulary) == []
+    clock.advance(1)
+    [outcome] = repo.complete_studies(POLICY, vocabulary)
+    assert (outcome.state, outcome.study_type) == (StudyState.READY, "hand")
+    done = study(engine)
+    assert (done.state, done.study_type, done.reason) == ("READY", "hand", "hand: 1 of 1 image")
+    assert events(engine) == ["opened", "ready"]
+
+
+def test_forced_completion(
+    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+) -> None:
+    for index in range(20):
+        repo.record_instance(record(f"1.{index}", sha=f"{index:064x}"), f"f{index}")
+        clock.advance(50)
+        outcomes = repo.complete_studies(POLICY, vocabulary)
+        if outcomes:
+            break
+    assert clock.now - T0 >= timedelta(seconds=900)
+    assert study(engine).state == StudyState.READY
+    with Session(engine) as session:
+        detail = session.scalars(select(StudyEvent.detail).where(StudyEvent.event == "ready")).one()
+    assert detail.startswith("force timeout passed")
+
+
+def test_ineligible_study_is_ignored_with_reason(
+    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+) -> None:
+    repo.record_instance(record("1.1", body="CHEST"), "f1")
+    repo.record_instance(record("9.9", "7.7.7", role=Role.IGNORE, sha="e" * 64), None)
+    clock.advance(61)
+    repo.complete_studies(POLICY, vocabulary)
+    assert (study(engine).state, study(engine).reason) == (
+        StudyState.IGNORED,
+        "not an upper-extremity study (BodyPartExamined 'CHEST')",
+    )
+    only_other = study(engine, "7.7.7")
+    assert (only_other.state, only_other.reason) == (
+        StudyState.IGNORED,
+        "no CR or DX image in the study (1 other object ignored)",
+    )
+
+
+def test_late_image_reopens_and_other_objects_do_not(
+    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+) -> None:
+    repo.record_instance(record("1.1"), "f1")
+    clock.advance(61)
+    repo.complete_studies(POLICY, vocabulary)
+    assert study(engine).state == StudyState.READY
+    clock.advance(5)
+    repo.record_instance(record("1.9", role=Role.IGNORE, sha="f" * 64), None)  # e.g. our own SR
+    assert study(engine).state == StudyState.READY
+    clock.advance(5)
+    result = repo.record_instance(record("1.2", sha="b" * 64), "f2")
+    assert result.reopened
+    reopened = study(engine)
+    assert (reopened.state, reopened.generation) == (StudyState.RECEIVING, 2)
+    assert reopened.opened_at == clock.now
+    clock.advance(61)
+    repo.complete_studies(POLICY, vocabulary)
+    assert study(engine).state == StudyState.READY
+    assert events(engine) == ["opened", "ready", "reopened", "ready"]
+
+
+def test_arrival_during_completion_is_not_lost(
+    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+) -> None:
+    repo.record_instance(record("1.1"), "f1")
+    seen_last = study(engine).last_received_at
+    clock.advance(61)
+    repo.record_instance(record("1.2", sha="b" * 64), "f2")  # arrives after the tick read the rows
+    assert repo._complete_one(study(engine).id, seen_last, 1, "quiet", vocabulary) is None
+    assert study(engine).state == StudyState.RECEIVING
+
+
+def test_claim_takes_each_ready_study_once(
+    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+) -> None:
+    for index in range(3):
+        repo.record_instance(record(f"{index}.1", f"5.{index}", sha=f"{index:064x}"), f"f{index}")
+        clock.advance(1)
+    clock.advance(61)
+    repo.complete_studies(POLICY, vocabulary)
+    claimed = [repo.claim_ready_study("worker-a", timedelta(minutes=5)) for _ in range(4)]
+    assert [c.study_instance_uid if c else None for c in claimed] == ["5.0", "5.1", "5.2", None]
+    first = study(engine, "5.0")
+    assert (first.state, first.claimed_by) == (StudyState.PROCESSING, "worker-a")
+    assert first.lease_expires_at == clock.now + timedelta(minutes=5)
+
+
+def _claim_all(
+    url: str, worker: str, start: multiprocessing.synchronize.Event, out: multiprocessing.Queue
+) -> None:  # type: ignore[type-arg]
+    repo = Repository(make_engine(url))
+    start.wait()
+    taken = []
+    while (claim := repo.claim_ready_study(worker, timedelta(minutes=5))) is not None:
+        taken.append(claim.study_id)
+    out.put((worker, taken))
+
+
+def test_two_processes_never_claim_the_same_study(
+    database_url: str, repo: Repository, clock: Clock, vocabulary: Vocabulary
+) -> None:
+    count = 60
+    for index in range(count):
+        repo.record_instance(record(f"{index}.1", f"8.{index}", sha=f"{index:064x}"), f"f{index}")
+    clock.advance(61)
+    assert len(repo.complete_studies(POLICY, vocabulary)) == count
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    out = context.Queue()
+    workers = [
+        context.Process(target=_claim_all, args=(database_url, f"w{i}", start, out))
+        for i in range(2)
+    ]
+    for process in workers:
+        process.start()
+    start.set()
+    results = dict(out.get(timeout=120) for _ in workers)
+    for process in workers:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+    first, second = results["w0"], results["w1"]
+    assert not set(first) & set(second)
+    assert sorted(first + second) == sorted(set(first + second))
+    assert len(first) + len(second) == count
+
+
+def test_schema_upgrade_keeps_rows(database_url: str, tmp_path: Path) -> None:
+    engine = make_engine(database_url)
+    upgrade_database(engine)
+    Repository(engine).record_instance(record("1.1"), "f1")
+    upgrade_database(make_engine(database_url))
+    assert study(engine).state == StudyState.RECEIVING

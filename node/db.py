@@ -101,7 +101,6 @@ class Instance(Base):
     role: Mapped[str] = mapped_column(String(8))
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     file_path: Mapped[str | None] = mapped_column(String(160))
-    sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     calling_ae_title: Mapped[str] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)

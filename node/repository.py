@@ -22,8 +22,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Connection, Engine, Table, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -33,6 +34,10 @@ from node.eligibility import decide_eligibility
 from node.profiles import Role, Vocabulary
 
 log = logging.getLogger(__name__)
+
+_STUDIES = cast(Table, Study.__table__)
+_INSTANCES = cast(Table, Instance.__table__)
+_EVENTS = cast(Table, StudyEvent.__table__)
 
 Clock = Callable[[], datetime]
 DESCRIPTIVE_FIELDS = ("BodyPartExamined", "ProtocolName", "SeriesDescription", "StudyDescription")
@@ -58,7 +63,6 @@ class InstanceRecord:
     sop_class_uid: str
     role: Role
     transfer_syntax_uid: str
-    sha256: str
     size_bytes: int
     calling_ae_title: str
     modality: str | None = None
@@ -100,83 +104,116 @@ class Repository:
 
     # -- arrivals -------------------------------------------------------------------------------
 
-    def record_instance(self, record: InstanceRecord, file_path: str | None) -> IngestResult:
-        """Record one received instance; retried once when a concurrent insert wins the race."""
+    def record_instance(
+        self,
+        record: InstanceRecord,
+        file_path: str | None,
+        same_content: Callable[[str | None], bool],
+    ) -> IngestResult:
+        """Record one received instance; retried when a concurrent insert wins the race.
+
+        ``same_content(stored_file_path)`` tells whether an already recorded version of this
+        SOP instance has exactly the received bytes (then nothing changes)."""
         for attempt in range(3):
             try:
-                return self._record_instance(record, file_path)
+                return self._record_instance(record, file_path, same_content)
             except IntegrityError:
                 if attempt == 2:
                     raise
                 log.debug("concurrent insert for the same study or instance; retrying")
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _record_instance(self, record: InstanceRecord, file_path: str | None) -> IngestResult:
+    def _record_instance(
+        self,
+        record: InstanceRecord,
+        file_path: str | None,
+        same_content: Callable[[str | None], bool],
+    ) -> IngestResult:
+        # The hot path of ingest: SQLAlchemy Core, four statements in the common case.
         now = self.clock()
-        with Session(self.engine) as session, session.begin():
-            existing = session.scalar(
-                select(Instance)
-                .where(Instance.sop_instance_uid == record.sop_instance_uid)
+        studies, instances = _STUDIES, _INSTANCES
+        with self.engine.begin() as conn:
+            existing = conn.execute(
+                select(
+                    instances.c.id,
+                    instances.c.study_id,
+                    instances.c.file_path,
+                    instances.c.revision,
+                )
+                .where(instances.c.sop_instance_uid == record.sop_instance_uid)
                 .with_for_update()
-            )
-            if existing is not None and existing.sha256 == record.sha256:
+            ).first()
+            if existing is not None and same_content(existing.file_path):
                 return IngestResult(IngestOutcome.DUPLICATE, existing.study_id, None, False)
-            study = session.scalar(
-                select(Study)
-                .where(Study.study_instance_uid == record.study_instance_uid)
+            study = conn.execute(
+                select(studies.c.id, studies.c.state)
+                .where(studies.c.study_instance_uid == record.study_instance_uid)
                 .with_for_update()
-            )
-            if study is None:
-                study = Study(
-                    study_instance_uid=record.study_instance_uid,
-                    state=StudyState.RECEIVING,
-                    generation=1,
-                    first_received_at=now,
-                    opened_at=now,
-                    last_received_at=now,
-                    state_changed_at=now,
-                )
-                session.add(study)
-                session.flush()
-                _event(
-                    session,
-                    study.id,
-                    now,
-                    "opened",
-                    f"first instance from {record.calling_ae_title}",
-                )
+            ).first()
             reopened = False
-            if record.role is Role.ANALYSE and study.state != StudyState.RECEIVING:
-                _event(session, study.id, now, "reopened", f"new image after {study.state}")
-                study.state = StudyState.RECEIVING
-                study.generation += 1
-                study.opened_at = now
-                study.state_changed_at = now
-                study.study_type = None
-                study.reason = None
-                study.claimed_by = None
-                study.lease_expires_at = None
-                reopened = True
-            if record.role is Role.ANALYSE or study.state == StudyState.RECEIVING:
-                study.last_received_at = now
-            values = _instance_values(record, file_path, study.id, now)
+            if study is None:
+                study_id = conn.execute(
+                    insert(studies)
+                    .values(
+                        study_instance_uid=record.study_instance_uid,
+                        state=StudyState.RECEIVING,
+                        generation=1,
+                        first_received_at=now,
+                        opened_at=now,
+                        last_received_at=now,
+                        state_changed_at=now,
+                    )
+                    .returning(studies.c.id)
+                ).scalar_one()
+                _add_event(
+                    conn, study_id, now, "opened", f"first instance from {record.calling_ae_title}"
+                )
+            else:
+                study_id = study.id
+                if record.role is Role.ANALYSE and study.state != StudyState.RECEIVING:
+                    _add_event(conn, study_id, now, "reopened", f"new image after {study.state}")
+                    conn.execute(
+                        update(studies)
+                        .where(studies.c.id == study_id)
+                        .values(
+                            state=StudyState.RECEIVING,
+                            generation=studies.c.generation + 1,
+                            opened_at=now,
+                            last_received_at=now,
+                            state_changed_at=now,
+                            study_type=None,
+                            reason=None,
+                            claimed_by=None,
+                            lease_expires_at=None,
+                        )
+                    )
+                    reopened = True
+                elif record.role is Role.ANALYSE or study.state == StudyState.RECEIVING:
+                    conn.execute(
+                        update(studies).where(studies.c.id == study_id).values(last_received_at=now)
+                    )
+            values = _instance_values(record, file_path, study_id, now)
             if existing is None:
-                session.add(Instance(**values, revision=1))
-                return IngestResult(IngestOutcome.STORED, study.id, None, reopened)
+                conn.execute(insert(instances).values(**values, revision=1))
+                return IngestResult(IngestOutcome.STORED, study_id, None, reopened)
             obsolete = existing.file_path if existing.file_path != file_path else None
-            if existing.study_id != study.id:
-                _event(
-                    session,
+            if existing.study_id != study_id:
+                _add_event(
+                    conn,
                     existing.study_id,
                     now,
                     "instance moved",
                     "a new version names another study",
                 )
-            _event(session, study.id, now, "instance replaced", f"revision {existing.revision + 1}")
-            for key, value in values.items():
-                setattr(existing, key, value)
-            existing.revision += 1
-            return IngestResult(IngestOutcome.REPLACED, study.id, obsolete, reopened)
+            _add_event(
+                conn, study_id, now, "instance replaced", f"revision {existing.revision + 1}"
+            )
+            conn.execute(
+                update(instances)
+                .where(instances.c.id == existing.id)
+                .values(**values, revision=existing.revision + 1)
+            )
+            return IngestResult(IngestOutcome.REPLACED, study_id, obsolete, reopened)
 
     def record_rejection(self, calling_ae_title: str, status: int, reason: str) -> None:
         """Best effort: a database that is down must not turn a rejection into an exception."""
@@ -192,10 +229,6 @@ class Repository:
                 )
         except (OperationalError, IntegrityError) as exc:
             log.warning("could not record a rejected C-STORE: %s", exc.__class__.__name__)
-
-    def file_in_use(self, file_path: str) -> bool:
-        with Session(self.engine) as session:
-            return bool(session.scalar(select(func.count()).where(Instance.file_path == file_path)))
 
     # -- completion -----------------------------------------------------------------------------
 
@@ -321,7 +354,6 @@ def _instance_values(
         "role": str(record.role),
         "transfer_syntax_uid": record.transfer_syntax_uid,
         "file_path": file_path,
-        "sha256": record.sha256,
         "size_bytes": record.size_bytes,
         "calling_ae_title": record.calling_ae_title,
         "received_at": now,
@@ -338,3 +370,9 @@ def _event(
     session: Session, study_id: int, at: datetime, name: str, detail: str | None = None
 ) -> None:
     session.add(StudyEvent(study_id=study_id, at=at, event=name, detail=detail))
+
+
+def _add_event(
+    conn: Connection, study_id: int, at: datetime, name: str, detail: str | None = None
+) -> None:
+    conn.execute(insert(_EVENTS).values(study_id=study_id, at=at, event=name, detail=detail))

@@ -3,7 +3,7 @@
 C-STORE statuses (also in docs/ingest.md):
 
 ======  ============================================================================
-0x0000  stored durably (file fsynced and renamed, row committed), or a byte-identical re-send,
+0x0000  stored durably (file fsynced and linked, directory fsynced, row committed), or a byte-identical re-send,
         or an object of an ignored SOP class (recorded, bytes not kept)
 0xA700  out of resources: the file or its database row could not be made durable (nothing kept)
 0xA900  the data set's SOPClassUID / SOPInstanceUID differ from the C-STORE request
@@ -13,8 +13,8 @@ C-STORE statuses (also in docs/ingest.md):
 
 The handler parses the header only (``stop_before_pixels``): no pixel decoding, no inference.
 Data sets are received with pynetdicom's streamed mode (``STORE_RECV_CHUNKED_DATASET``), which
-writes the incoming bytes to a temporary file (in ``$TMPDIR``) instead of memory, so a large
-image is never held whole in memory; the handler copies it into the store in 1 MiB chunks.
+writes the incoming bytes to a temporary file instead of memory, so a large image is never held
+whole in memory; the store then adopts that file (see node/storage.py).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import logging
 import re
 import socketserver
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -45,7 +46,7 @@ from node.errors import (
 )
 from node.profiles import Role, StorageProfile
 from node.repository import IngestOutcome, InstanceRecord, Repository
-from node.storage import FileStore, dataset_offset
+from node.storage import FileStore
 
 log = logging.getLogger(__name__)
 
@@ -141,62 +142,52 @@ class StoreHandler:
         role = self.profile.role(sop_class)
         if role is None:  # cannot happen with the negotiated contexts; kept as a guard
             raise DatasetMismatch(f"SOP class {sop_class} is not accepted")
-        source = event.dataset_path
-        offset = dataset_offset(source)
-        with source.open("rb") as fp:
-            fp.seek(offset)
-            staged = self.store.stage(
-                fp,
-                sop_class_uid=sop_class,
-                sop_instance_uid=sop_instance,
-                transfer_syntax_uid=str(event.context.transfer_syntax),
-                source_ae_title=calling,
-            )
-        with self.store.staged(staged):
-            header = read_header(staged.path)
-            if header.sop_class_uid != sop_class:
-                raise DatasetMismatch("SOPClassUID in the data set differs from the request")
-            if header.sop_instance_uid != sop_instance:
-                raise DatasetMismatch("SOPInstanceUID in the data set differs from the request")
-            for name in ("sop_instance_uid", "study_instance_uid"):
-                if not is_uid(getattr(header, name)):
-                    raise InvalidIdentifier(f"{name} is missing or not a valid UID")
-            if header.series_instance_uid is not None and not is_uid(header.series_instance_uid):
-                raise InvalidIdentifier("series_instance_uid is not a valid UID")
-            record = InstanceRecord(
-                study_instance_uid=header.study_instance_uid,
-                series_instance_uid=header.series_instance_uid,
-                sop_instance_uid=sop_instance,
-                sop_class_uid=sop_class,
-                role=role,
-                transfer_syntax_uid=str(event.context.transfer_syntax),
-                sha256=staged.sha256,
-                size_bytes=staged.size,
-                calling_ae_title=calling[:16],
-                modality=header.modality,
-                body_part_examined=header.body_part_examined,
-                protocol_name=header.protocol_name,
-                series_description=header.series_description,
-                study_description=header.study_description,
-            )
+        source = event.dataset_path  # pynetdicom's complete Part 10 file of what arrived
+        header = read_header(source)
+        if header.sop_class_uid != sop_class:
+            raise DatasetMismatch("SOPClassUID in the data set differs from the request")
+        if header.sop_instance_uid != sop_instance:
+            raise DatasetMismatch("SOPInstanceUID in the data set differs from the request")
+        for name in ("sop_instance_uid", "study_instance_uid"):
+            if not is_uid(getattr(header, name)):
+                raise InvalidIdentifier(f"{name} is missing or not a valid UID")
+        if header.series_instance_uid is not None and not is_uid(header.series_instance_uid):
+            raise InvalidIdentifier("series_instance_uid is not a valid UID")
+        record = InstanceRecord(
+            study_instance_uid=header.study_instance_uid,
+            series_instance_uid=header.series_instance_uid,
+            sop_instance_uid=sop_instance,
+            sop_class_uid=sop_class,
+            role=role,
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            size_bytes=source.stat().st_size,
+            calling_ae_title=calling[:16],
+            modality=header.modality,
+            body_part_examined=header.body_part_examined,
+            protocol_name=header.protocol_name,
+            series_description=header.series_description,
+            study_description=header.study_description,
+        )
+        if role is Role.IGNORE:  # bytes not kept, so a re-send is always a no-op
             relative = None
-            preexisting = False
-            if role is Role.ANALYSE:
-                preexisting = self.store.path_of(
-                    self.store.relative_path_for(staged.sha256)
-                ).exists()
-                relative = self.store.commit(staged)
-            try:
-                result = self.repository.record_instance(record, relative)
-            except SQLAlchemyError as exc:
-                if relative is not None and not preexisting:
-                    self.store.remove(relative)
-                raise OutOfResources(f"database error: {exc.__class__.__name__}") from exc
-        if result.obsolete_file and not self.repository.file_in_use(result.obsolete_file):
+            same: Callable[[str | None], bool] = lambda _stored: True  # noqa: E731
+        else:
+            relative = self.store.adopt(source)
+            same = lambda stored: self.store.same_content(stored, source)  # noqa: E731
+        try:
+            result = self.repository.record_instance(record, relative, same)
+        except SQLAlchemyError as exc:
+            if relative is not None:
+                self.store.remove(relative)
+            raise OutOfResources(f"database error: {exc.__class__.__name__}") from exc
+        if result.outcome is IngestOutcome.DUPLICATE:
+            if relative is not None:
+                self.store.remove(relative)
+            log.debug("C-STORE from %s: identical re-send", calling)
+            return "identical instance already stored"
+        if result.obsolete_file:
             self.store.remove(result.obsolete_file)
         log.debug("C-STORE from %s: %s (%s)", calling, result.outcome, role)
-        if result.outcome is IngestOutcome.DUPLICATE:
-            return "identical instance already stored"
         return None
 
 
@@ -270,19 +261,24 @@ class StoreSCP:
         return int(self.server.server_address[1])
 
     def stop(self, grace_period_s: float) -> int:
-        """Stop accepting, let open associations finish for up to the grace period, then abort
-        the rest. Returns how many associations had to be aborted."""
+        """Stop accepting, let established associations finish for up to the grace period, then
+        abort the rest. Returns how many associations had to be aborted."""
         server = self.server
         if server is None:
             return 0
         socketserver.BaseServer.shutdown(server)  # end the accept loop
         server.server_close()  # new connections are refused from here on
         deadline = time.monotonic() + grace_period_s
-        while server.active_associations and time.monotonic() < deadline:
+        # Wait for associations that carry work; a connection that never finished negotiating
+        # (a port probe, a health check) is not worth delaying shutdown for.
+        while time.monotonic() < deadline and any(
+            assoc.is_established for assoc in server.active_associations
+        ):
             time.sleep(0.05)
         remaining = server.active_associations
+        established = [assoc for assoc in remaining if assoc.is_established]
         for assoc in remaining:
             assoc.abort()
         self.ae.shutdown()
         self.server = None
-        return len(remaining)
+        return len(established)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import tempfile
 import threading
 from types import FrameType
 
@@ -93,6 +94,9 @@ def serve(config: Config) -> int:
         stop.set()
 
     node = Node(config)
+    # pynetdicom streams each received data set to a temporary file; keeping those in the data
+    # directory lets the store adopt them with a hard link instead of a copy.
+    tempfile.tempdir = str(node.store.tmp)
     previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         node.start()

@@ -2,50 +2,32 @@
 
 Layout under the data directory::
 
-    tmp/                      staging files (<random>.part); emptied at start
-    instances/ab/<sha256>.dcm one file per received version of an instance
+    tmp/                      partial copies (<random>.part); emptied at start
+    instances/ab/<random>.dcm one file per received version of an instance
 
-Names are the SHA-256 of the received data set (a name we compute, never a string a peer sent),
-so a hostile SOPInstanceUID cannot choose where a file lands. Staging and final files are on the
-same file system; a file is made durable by fsync, atomic rename and fsync of the directory, so
-after a crash a name in ``instances/`` always holds the complete file.
+File names are random UUIDs chosen by the node, never a string a peer sent, so a hostile
+SOPInstanceUID cannot choose where a file lands.
 
-The file written is a DICOM Part 10 file: preamble, File Meta Information written by the node
-(with the peer's AE title as SourceApplicationEntityTitle), then the data set bytes exactly as
-received, without decoding.
+pynetdicom streams each received data set to a temporary Part 10 file (its File Meta, then the
+data set bytes exactly as received, not decoded). ``serve`` points the temporary directory at
+``tmp/`` so that file can be *adopted* without copying: fsync it, hard-link it under its final
+name, fsync the directory. When the temporary file is on another file system the node copies it
+instead (same guarantees, one more write). A row in the database is committed only after this,
+so every file a row names is complete; a file that no row names (a crash in between) is garbage.
 """
 
 from __future__ import annotations
 
-import hashlib
+import errno
+import filecmp
 import os
-import struct
+import shutil
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
+from node.errors import OutOfResources
 
-from node import __version__
-from node.errors import OutOfResources, UnreadableDataset
-
-CHUNK = 1 << 20
-IMPLEMENTATION_VERSION_NAME = ("MURA_NODE_" + __version__.split("+")[0].replace(".", ""))[:16]
-
-
-@dataclass(frozen=True)
-class StagedFile:
-    """A complete, not yet durable file in tmp/; commit or discard it."""
-
-    path: Path
-    sha256: str  # of the data set bytes as received (file meta excluded)
-    size: int
+_CROSS_DEVICE = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP}
 
 
 def fsync_directory(path: Path) -> None:
@@ -56,14 +38,12 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
-def dataset_offset(path: Path) -> int:
-    """Offset of the data set in a Part 10 file (File Meta is always explicit VR little endian)."""
-    with path.open("rb") as fp:
-        head = fp.read(144)
-    if len(head) < 144 or head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
-        raise UnreadableDataset("received file has no File Meta Information group length")
-    (length,) = struct.unpack("<I", head[140:144])
-    return 144 + length
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class FileStore:
@@ -73,91 +53,63 @@ class FileStore:
         self.instances = self.root / "instances"
 
     def prepare(self) -> None:
-        """Create the layout (owner-only permissions) and remove staging files of a crashed run."""
+        """Create the layout (owner-only permissions) and remove temporary files of a crashed run."""
         for directory in (self.root, self.tmp, self.instances):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for leftover in self.tmp.glob("*.part"):
-            leftover.unlink(missing_ok=True)
+        for leftover in self.tmp.iterdir():
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
 
-    def stage(
-        self,
-        source: BinaryIO,
-        *,
-        sop_class_uid: str,
-        sop_instance_uid: str,
-        transfer_syntax_uid: str,
-        source_ae_title: str,
-    ) -> StagedFile:
-        """Copy the data set bytes of ``source`` (read to its end) behind a fresh File Meta."""
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-        meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-        meta.TransferSyntaxUID = UID(transfer_syntax_uid)
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-        if source_ae_title:
-            meta.SourceApplicationEntityTitle = source_ae_title
-        header = BytesIO()
-        header.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(header, meta)  # type: ignore[arg-type]
-        path = self.tmp / f"{uuid.uuid4().hex}.part"
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb", buffering=0) as out:
-                out.write(header.getvalue())
-                while chunk := source.read(CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-        except OSError as exc:
-            path.unlink(missing_ok=True)
-            raise OutOfResources(f"cannot write staging file: {exc.strerror or exc}") from exc
-        return StagedFile(path=path, sha256=digest.hexdigest(), size=size)
-
-    def relative_path_for(self, sha256: str) -> str:
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-            raise ValueError("not a SHA-256 hex digest")
-        return f"instances/{sha256[:2]}/{sha256}.dcm"
-
-    def commit(self, staged: StagedFile) -> str:
-        """Make the staged file durable under its content name; return the relative path."""
-        relative = self.relative_path_for(staged.sha256)
+    def adopt(self, source: Path) -> str:
+        """Make a complete received file durable under a new name; return its relative path."""
+        name = uuid.uuid4().hex
+        relative = f"instances/{name[:2]}/{name}.dcm"
         final = self.root / relative
         try:
-            with staged.path.open("rb+") as fp:
-                os.fsync(fp.fileno())
             shard = final.parent
             if not shard.is_dir():
                 shard.mkdir(mode=0o700, exist_ok=True)
                 fsync_directory(self.instances)
-            os.replace(staged.path, final)
+            try:
+                fsync_file(source)
+                os.link(source, final)
+            except OSError as exc:
+                if exc.errno not in _CROSS_DEVICE:
+                    raise
+                self._copy(source, final)
             fsync_directory(shard)
         except OSError as exc:
-            staged.path.unlink(missing_ok=True)
+            final.unlink(missing_ok=True)
             raise OutOfResources(f"cannot store file: {exc.strerror or exc}") from exc
         return relative
 
-    def discard(self, staged: StagedFile) -> None:
-        staged.path.unlink(missing_ok=True)
+    def _copy(self, source: Path, final: Path) -> None:
+        partial = self.tmp / f"{uuid.uuid4().hex}.part"
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(partial, final)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def same_content(self, relative: str | None, other: Path) -> bool:
+        """Whether a stored file holds exactly the bytes of ``other``."""
+        if relative is None:
+            return False
+        try:
+            return filecmp.cmp(self.path_of(relative), other, shallow=False)
+        except OSError:
+            return False
 
     def remove(self, relative: str) -> None:
         """Delete a stored file (after the database no longer names it)."""
-        path = self.path_of(relative)
-        path.unlink(missing_ok=True)
+        self.path_of(relative).unlink(missing_ok=True)
 
     def path_of(self, relative: str) -> Path:
         path = (self.root / relative).resolve()
         if not path.is_relative_to(self.root):
             raise ValueError("path outside the data directory")
         return path
-
-    @contextmanager
-    def staged(self, staged: StagedFile) -> Iterator[StagedFile]:
-        """Discard the staging file unless it was committed inside the block."""
-        try:
-            yield staged
-        finally:
-            if staged.path.exists():
-                self.discard(staged)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from node.completion import CompletionPolicy
 from node.db import Instance, Study, StudyEvent, StudyState, make_engine, upgrade_database
 from node.profiles import Role, Vocabulary
-from node.repository import IngestOutcome, InstanceRecord, Repository
+from node.repository import IngestOutcome, IngestResult, InstanceRecord, Repository
 from tests.conftest import FakeClock as Clock
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
@@ -35,12 +35,16 @@ def record(
         sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
         role=role,
         transfer_syntax_uid="1.2.840.10008.1.2.1",
-        sha256=sha,
         size_bytes=100,
         calling_ae_title="MODALITY",
         modality="CR",
         body_part_examined=body,
     )
+
+
+def ingest(repo: Repository, rec: InstanceRecord, path: str | None) -> IngestResult:
+    """Record an instance whose content is identified by its file name in these tests."""
+    return repo.record_instance(rec, path, lambda stored: stored == path)
 
 
 @pytest.fixture
@@ -80,10 +84,10 @@ def events(engine: Engine, uid: str = "1.2.3") -> list[str]:
 
 
 def test_instances_group_into_studies(repo: Repository, engine: Engine, clock: Clock) -> None:
-    repo.record_instance(record("1.1", "1.2.3"), "instances/aa/a.dcm")
+    ingest(repo, record("1.1", "1.2.3"), "instances/aa/a.dcm")
     clock.advance(5)
-    repo.record_instance(record("1.2", "1.2.3", sha="b" * 64), "instances/bb/b.dcm")
-    repo.record_instance(record("2.1", "4.5.6", sha="c" * 64), "instances/cc/c.dcm")
+    ingest(repo, record("1.2", "1.2.3"), "instances/bb/b.dcm")
+    ingest(repo, record("2.1", "4.5.6"), "instances/cc/c.dcm")
     first = study(engine, "1.2.3")
     assert first.state == StudyState.RECEIVING
     assert first.first_received_at == T0
@@ -101,9 +105,9 @@ def test_instances_group_into_studies(repo: Repository, engine: Engine, clock: C
 
 
 def test_resend_with_same_bytes_is_a_no_op(repo: Repository, engine: Engine, clock: Clock) -> None:
-    assert repo.record_instance(record("1.1"), "f1").outcome is IngestOutcome.STORED
+    assert ingest(repo, record("1.1"), "f1").outcome is IngestOutcome.STORED
     clock.advance(30)
-    again = repo.record_instance(record("1.1"), "f1")
+    again = ingest(repo, record("1.1"), "f1")
     assert again.outcome is IngestOutcome.DUPLICATE
     assert study(engine).last_received_at == T0
 
@@ -111,21 +115,21 @@ def test_resend_with_same_bytes_is_a_no_op(repo: Repository, engine: Engine, clo
 def test_resend_with_different_bytes_replaces(
     repo: Repository, engine: Engine, clock: Clock
 ) -> None:
-    repo.record_instance(record("1.1", sha="a" * 64), "old")
+    ingest(repo, record("1.1"), "old")
     clock.advance(10)
-    result = repo.record_instance(record("1.1", sha="b" * 64), "new")
+    result = ingest(repo, record("1.1"), "new")
     assert result.outcome is IngestOutcome.REPLACED
     assert result.obsolete_file == "old"
     with Session(engine) as session:
         rows = session.scalars(select(Instance)).all()
-    assert [(r.file_path, r.sha256, r.revision) for r in rows] == [("new", "b" * 64, 2)]
+    assert [(r.file_path, r.revision) for r in rows] == [("new", 2)]
     assert study(engine).last_received_at == T0 + timedelta(seconds=10)
 
 
 def test_completion_after_quiet_period(
     repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
 ) -> None:
-    repo.record_instance(record("1.1"), "f1")
+    ingest(repo, record("1.1"), "f1")
     clock.advance(59)
     assert repo.complete_studies(POLICY, vocabulary) == []
     clock.advance(1)
@@ -140,7 +144,7 @@ def test_forced_completion(
     repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
 ) -> None:
     for index in range(20):
-        repo.record_instance(record(f"1.{index}", sha=f"{index:064x}"), f"f{index}")
+        ingest(repo, record(f"1.{index}"), f"f{index}")
         clock.advance(50)
         outcomes = repo.complete_studies(POLICY, vocabulary)
         if outcomes:
@@ -155,8 +159,8 @@ def test_forced_completion(
 def test_ineligible_study_is_ignored_with_reason(
     repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
 ) -> None:
-    repo.record_instance(record("1.1", body="CHEST"), "f1")
-    repo.record_instance(record("9.9", "7.7.7", role=Role.IGNORE, sha="e" * 64), None)
+    ingest(repo, record("1.1", body="CHEST"), "f1")
+    ingest(repo, record("9.9", "7.7.7", role=Role.IGNORE), None)
     clock.advance(61)
     repo.complete_studies(POLICY, vocabulary)
     assert (study(engine).state, study(engine).reason) == (
@@ -173,15 +177,15 @@ def test_ineligible_study_is_ignored_with_reason(
 def test_late_image_reopens_and_other_objects_do_not(
     repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
 ) -> None:
-    repo.record_instance(record("1.1"), "f1")
+    ingest(repo, record("1.1"), "f1")
     clock.advance(61)
     repo.complete_studies(POLICY, vocabulary)
     assert study(engine).state == StudyState.READY
     clock.advance(5)
-    repo.record_instance(record("1.9", role=Role.IGNORE, sha="f" * 64), None)  # e.g. our own SR
+    ingest(repo, record("1.9", role=Role.IGNORE), None)  # e.g. our own SR
     assert study(engine).state == StudyState.READY
     clock.advance(5)
-    result = repo.record_instance(record("1.2", sha="b" * 64), "f2")
+    result = ingest(repo, record("1.2"), "f2")
     assert result.reopened
     reopened = study(engine)
     assert (reopened.state, reopened.generation) == (StudyState.RECEIVING, 2)
@@ -195,10 +199,10 @@ def test_late_image_reopens_and_other_objects_do_not(
 def test_arrival_during_completion_is_not_lost(
     repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
 ) -> None:
-    repo.record_instance(record("1.1"), "f1")
+    ingest(repo, record("1.1"), "f1")
     seen_last = study(engine).last_received_at
     clock.advance(61)
-    repo.record_instance(record("1.2", sha="b" * 64), "f2")  # arrives after the tick read the rows
+    ingest(repo, record("1.2"), "f2")  # arrives after the tick read the rows
     assert repo._complete_one(study(engine).id, seen_last, 1, "quiet", vocabulary) is None
     assert study(engine).state == StudyState.RECEIVING
 
@@ -207,7 +211,7 @@ def test_claim_takes_each_ready_study_once(
     repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
 ) -> None:
     for index in range(3):
-        repo.record_instance(record(f"{index}.1", f"5.{index}", sha=f"{index:064x}"), f"f{index}")
+        ingest(repo, record(f"{index}.1", f"5.{index}"), f"f{index}")
         clock.advance(1)
     clock.advance(61)
     repo.complete_studies(POLICY, vocabulary)
@@ -234,7 +238,7 @@ def test_two_processes_never_claim_the_same_study(
 ) -> None:
     count = 60
     for index in range(count):
-        repo.record_instance(record(f"{index}.1", f"8.{index}", sha=f"{index:064x}"), f"f{index}")
+        ingest(repo, record(f"{index}.1", f"8.{index}"), f"f{index}")
     clock.advance(61)
     assert len(repo.complete_studies(POLICY, vocabulary)) == count
     context = multiprocessing.get_context("spawn")
@@ -260,6 +264,6 @@ def test_two_processes_never_claim_the_same_study(
 def test_schema_upgrade_keeps_rows(database_url: str, tmp_path: Path) -> None:
     engine = make_engine(database_url)
     upgrade_database(engine)
-    Repository(engine).record_instance(record("1.1"), "f1")
+    ingest(Repository(engine), record("1.1"), "f1")
     upgrade_database(make_engine(database_url))
     assert study(engine).state == StudyState.RECEIVING

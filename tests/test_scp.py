@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 
 from node.db import IngestRejection, Instance, Study
 from node.service import Node
-from node.storage import dataset_offset
 from tests.conftest import FakeClock
 from tests.factory import (
     BASIC_TEXT_SR,
@@ -93,11 +92,10 @@ def test_storescu_study_is_stored_durably(make_node: Callable[..., Node], tmp_pa
     assert len({r.study_id for r in rows}) == 1
     for row, source in zip(rows, files, strict=True):
         stored = node.store.root / str(row.file_path)
-        assert stored.name == f"{row.sha256}.dcm"
+        assert len(stored.stem) == 32 and stored.parent.name == stored.stem[:2]
         original, copy = dcmread(source), dcmread(stored)
         assert copy.SOPInstanceUID == original.SOPInstanceUID == row.sop_instance_uid
         assert copy.PixelData == original.PixelData
-        assert copy.file_meta.SourceApplicationEntityTitle == "MODALITY"
         assert row.calling_ae_title == "MODALITY"
     assert list(node.store.tmp.iterdir()) == []
 
@@ -315,7 +313,8 @@ def test_unparseable_data_set_is_refused_with_c000(
     raw = path.read_bytes()
     # After a valid File Meta: an element with a value representation that does not exist.
     broken = tmp_path / "broken.dcm"
-    broken.write_bytes(raw[: dataset_offset(path)] + b"\x08\x00\x16\x00ZZ\x04\x001.2\x00")
+    meta_end = 144 + int.from_bytes(raw[140:144], "little")  # after (0002,0000) and its group
+    broken.write_bytes(raw[:meta_end] + b"\x08\x00\x16\x00ZZ\x04\x001.2\x00")
     status, _ = pynetdicom_send(node, broken, "1.2.840.10008.5.1.4.1.1.1")
     assert status == 0xC000
     assert stored_files(node) == []

@@ -58,7 +58,6 @@ def upgrade() -> None:
         sa.Column("role", sa.String(length=8), nullable=False),
         sa.Column("transfer_syntax_uid", sa.String(length=64), nullable=False),
         sa.Column("file_path", sa.String(length=160), nullable=True),
-        sa.Column("sha256", sa.String(length=64), nullable=False),
         sa.Column("size_bytes", sa.BigInteger(), nullable=False),
         sa.Column("calling_ae_title", sa.String(length=16), nullable=False),
         sa.Column("received_at", sa.DateTime(), nullable=False),

@@ -1,0 +1,200 @@
+"""Acceptance: the `mura-node` command as a subprocess, with dcmtk and pynetdicom as peers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pynetdicom import AE
+
+from tests.factory import (
+    CR,
+    PATIENT_ID,
+    PATIENT_NAME,
+    free_port,
+    make_radiograph,
+    storescu,
+    write,
+    write_study,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def accepting(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Serve:
+    """`mura-node serve` in a subprocess with its own configuration file."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.config = tmp_path / "mura-node.toml"
+        self.config.write_text(
+            f"""
+[dicom]
+host = "127.0.0.1"
+port = {self.port}
+[storage]
+data_dir = "{tmp_path / "data"}"
+[completion]
+quiet_period_s = 1.0
+force_complete_s = 600.0
+tick_interval_s = 0.2
+[service]
+grace_period_s = 20.0
+"""
+        )
+        self.cwd = tmp_path
+        self.process: subprocess.Popen[str] | None = None
+
+    def command(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "node", *args, "--config", str(self.config)],
+            capture_output=True,
+            text=True,
+            cwd=self.cwd,
+            timeout=120,
+        )
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "node", "serve", "--config", str(self.config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=self.cwd,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        wait_for(
+            lambda: accepting(self.port) or self.process.poll() is not None, what="serve to listen"
+        )  # type: ignore[union-attr]
+        assert self.process.poll() is None, self.process.communicate()[0]
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        output, _ = self.process.communicate(timeout=60)
+        code = self.process.returncode
+        self.process = None
+        return code, output
+
+    def status(self) -> dict[str, Any]:
+        result = self.command("status", "--json")
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Serve]:
+    node = Serve(tmp_path)
+    yield node
+    if node.process is not None:
+        node.process.kill()
+        node.process.communicate()
+
+
+def test_serve_queue_status_and_restart(serve: Serve, tmp_path: Path) -> None:
+    serve.start()
+    files = write_study(tmp_path / "study", 3, body_part="WRIST")
+    result = storescu(serve.port, files)
+    assert result.returncode == 0, result.stderr
+
+    def ready() -> dict[str, Any] | None:
+        report = serve.status()
+        return report if report["studies_by_state"]["READY"] == 1 else None
+
+    report = wait_for(ready, what="the study to become READY")
+    [study] = report["recent_studies"]
+    assert (study["study_type"], study["images"], study["state"]) == ("wrist", 3, "READY")
+    assert report["instances"] == {"stored": 3, "ignored": 0}
+    assert report["oldest_waiting"]["state"] == "READY"
+
+    text = serve.command("status")
+    assert text.returncode == 0
+    assert "READY" in text.stdout and "wrist" in text.stdout and study["study"] in text.stdout
+    for secret in (PATIENT_NAME, PATIENT_NAME.split("^")[0], PATIENT_ID):
+        assert secret not in text.stdout
+        assert secret not in json.dumps(report)
+
+    code, output = serve.stop(signal.SIGTERM)
+    assert code == 0, output
+    assert "Traceback" not in output
+    assert PATIENT_ID not in output and PATIENT_NAME.split("^")[0] not in output
+
+    # The queue survives a restart, and a late image re-opens the study.
+    serve.start()
+    assert serve.status()["studies_by_state"]["READY"] == 1
+    late = write(
+        make_radiograph(study_uid=study["study_instance_uid"], body_part="WRIST", seed=9),
+        tmp_path / "late.dcm",
+    )
+    assert storescu(serve.port, [late]).returncode == 0
+    reopened = serve.status()["recent_studies"][0]
+    assert (reopened["state"], reopened["generation"], reopened["images"]) == ("RECEIVING", 2, 4)
+    wait_for(ready, what="the re-opened study to become READY again")
+    code, output = serve.stop(signal.SIGINT)
+    assert code == 0, output
+
+
+def test_shutdown_lets_an_open_association_finish(serve: Serve, tmp_path: Path) -> None:
+    serve.start()
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CR)
+    assoc = ae.associate("127.0.0.1", serve.port, ae_title="MURA_NODE")
+    assert assoc.is_established
+    assert serve.process is not None
+    serve.process.send_signal(signal.SIGTERM)
+    wait_for(lambda: not accepting(serve.port), what="serve to stop accepting")
+    status = assoc.send_c_store(make_radiograph(body_part="ELBOW"))
+    assert status.Status == 0x0000
+    assoc.release()
+    output, _ = serve.process.communicate(timeout=60)
+    assert serve.process.returncode == 0, output
+    assert "aborted" not in output
+    serve.process = None
+    assert serve.status()["instances"]["stored"] == 1
+
+
+def test_status_without_a_database(serve: Serve) -> None:
+    result = serve.command("status")
+    assert result.returncode == 1
+    assert result.stderr.startswith("mura-node: no database at ")
+    assert "Traceback" not in result.stderr
+
+
+def test_port_in_use_is_a_clear_error(serve: Serve) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", serve.port))
+        blocker.listen()
+        result = serve.command("serve")
+    assert result.returncode == 1
+    assert (
+        f"mura-node: cannot listen on 127.0.0.1:{serve.port}: Address already in use"
+        in result.stderr
+    )
+    assert "Traceback" not in result.stderr

@@ -44,6 +44,7 @@ class DicomConfig:
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
+    poll_interval_s: float = 0.001
 
 
 @dataclass(frozen=True)
@@ -295,6 +296,10 @@ def _validate(config: Config) -> None:
     for key in ("acse_timeout_s", "dimse_timeout_s", "network_timeout_s"):
         if getattr(dicom, key) <= 0:
             raise ConfigError(f"dicom.{key}: must be greater than 0, got {getattr(dicom, key)}")
+    if not 0.0001 <= dicom.poll_interval_s <= 0.1:
+        raise ConfigError(
+            f"dicom.poll_interval_s: must be between 0.0001 and 0.1, got {dicom.poll_interval_s}"
+        )
     completion = config.completion
     for key in ("quiet_period_s", "force_complete_s", "tick_interval_s"):
         if getattr(completion, key) <= 0:

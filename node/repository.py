@@ -22,9 +22,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, insert, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -109,27 +109,66 @@ class Repository:
         record: InstanceRecord,
         file_path: str | None,
         same_content: Callable[[str | None], bool],
+        before_commit: Callable[[], object] = lambda: None,
     ) -> IngestResult:
         """Record one received instance; retried when a concurrent insert wins the race.
 
         ``same_content(stored_file_path)`` tells whether an already recorded version of this
-        SOP instance has exactly the received bytes (then nothing changes)."""
+        SOP instance has exactly the received bytes (then nothing changes). ``before_commit`` runs
+        after the statements and before COMMIT; if it raises, nothing is committed (the SCP waits
+        there for the file to be durable, so both proceed in parallel)."""
+        common = self._record_common_case(record, file_path, before_commit)
+        if common is not None:
+            return common
         for attempt in range(3):
             try:
-                return self._record_instance(record, file_path, same_content)
+                return self._record_instance(record, file_path, same_content, before_commit)
             except IntegrityError:
                 if attempt == 2:
                     raise
                 log.debug("concurrent insert for the same study or instance; retrying")
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _record_common_case(
+        self, record: InstanceRecord, file_path: str | None, before_commit: Callable[[], object]
+    ) -> IngestResult | None:
+        """A new instance of a study that is still receiving: two prebuilt statements, or None
+        to say that the general path must decide (new study, re-opening, re-send)."""
+        now = self.clock()
+        if self.engine.dialect.name not in _INSERT_NEW_INSTANCE:
+            return None
+        with self.engine.connect() as conn:
+            transaction = conn.begin()
+            try:
+                study_id = conn.execute(
+                    _TOUCH_RECEIVING_STUDY, {"uid": record.study_instance_uid, "now": now}
+                ).scalar()
+                if study_id is None:
+                    transaction.rollback()
+                    return None
+                values = _instance_values(record, file_path, study_id, now)
+                inserted = conn.execute(
+                    _insert_new_instance(conn), {**values, "revision": 1}
+                ).scalar()
+                if inserted is None:
+                    transaction.rollback()
+                    return None
+                before_commit()
+                transaction.commit()
+            except BaseException:
+                if transaction.is_active:
+                    transaction.rollback()
+                raise
+        return IngestResult(IngestOutcome.STORED, study_id, None, False)
+
     def _record_instance(
         self,
         record: InstanceRecord,
         file_path: str | None,
         same_content: Callable[[str | None], bool],
+        before_commit: Callable[[], object],
     ) -> IngestResult:
-        # The hot path of ingest: SQLAlchemy Core, four statements in the common case.
+        # The general path: new studies, re-opening, re-sends (SQLAlchemy Core).
         now = self.clock()
         studies, instances = _STUDIES, _INSTANCES
         with self.engine.begin() as conn:
@@ -195,6 +234,7 @@ class Repository:
             values = _instance_values(record, file_path, study_id, now)
             if existing is None:
                 conn.execute(insert(instances).values(**values, revision=1))
+                before_commit()
                 return IngestResult(IngestOutcome.STORED, study_id, None, reopened)
             obsolete = existing.file_path if existing.file_path != file_path else None
             if existing.study_id != study_id:
@@ -213,6 +253,7 @@ class Repository:
                 .where(instances.c.id == existing.id)
                 .values(**values, revision=existing.revision + 1)
             )
+            before_commit()
             return IngestResult(IngestOutcome.REPLACED, study_id, obsolete, reopened)
 
     def record_rejection(self, calling_ae_title: str, status: int, reason: str) -> None:
@@ -376,3 +417,37 @@ def _add_event(
     conn: Connection, study_id: int, at: datetime, name: str, detail: str | None = None
 ) -> None:
     conn.execute(insert(_EVENTS).values(study_id=study_id, at=at, event=name, detail=detail))
+
+
+# Statements of the ingest hot path, built once (building them per call costs more than running them).
+_TOUCH_RECEIVING_STUDY = (
+    update(_STUDIES)
+    .where(
+        _STUDIES.c.study_instance_uid == bindparam("uid"),
+        _STUDIES.c.state == StudyState.RECEIVING.value,
+    )
+    .values(last_received_at=bindparam("now", type_=_STUDIES.c.last_received_at.type))
+    .returning(_STUDIES.c.id)
+)
+
+
+def _on_conflict_do_nothing(dialect: str) -> Any:
+    """INSERT INTO instances ... ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING id."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    else:
+        raise NotImplementedError(f"database dialect {dialect} is not supported")
+    return (
+        dialect_insert(_INSTANCES)
+        .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+        .returning(_INSTANCES.c.id)
+    )
+
+
+_INSERT_NEW_INSTANCE = {name: _on_conflict_do_nothing(name) for name in ("sqlite", "postgresql")}
+
+
+def _insert_new_instance(conn: Connection) -> Any:
+    return _INSERT_NEW_INSTANCE[conn.dialect.name]

@@ -24,6 +24,7 @@ import re
 import socketserver
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -109,10 +110,16 @@ def read_header(path: Path) -> Header:
 class StoreHandler:
     """EVT_C_STORE: durable store, then database row, then success; statuses for everything else."""
 
-    def __init__(self, store: FileStore, repository: Repository, profile: StorageProfile) -> None:
+    def __init__(
+        self, store: FileStore, repository: Repository, profile: StorageProfile, threads: int = 16
+    ) -> None:
         self.store = store
         self.repository = repository
         self.profile = profile
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="durable")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
     def __call__(self, event: evt.Event) -> Dataset:
         calling = str(event.assoc.requestor.ae_title).strip()
@@ -143,43 +150,32 @@ class StoreHandler:
         if role is None:  # cannot happen with the negotiated contexts; kept as a guard
             raise DatasetMismatch(f"SOP class {sop_class} is not accepted")
         source = event.dataset_path  # pynetdicom's complete Part 10 file of what arrived
-        header = read_header(source)
-        if header.sop_class_uid != sop_class:
-            raise DatasetMismatch("SOPClassUID in the data set differs from the request")
-        if header.sop_instance_uid != sop_instance:
-            raise DatasetMismatch("SOPInstanceUID in the data set differs from the request")
-        for name in ("sop_instance_uid", "study_instance_uid"):
-            if not is_uid(getattr(header, name)):
-                raise InvalidIdentifier(f"{name} is missing or not a valid UID")
-        if header.series_instance_uid is not None and not is_uid(header.series_instance_uid):
-            raise InvalidIdentifier("series_instance_uid is not a valid UID")
-        record = InstanceRecord(
-            study_instance_uid=header.study_instance_uid,
-            series_instance_uid=header.series_instance_uid,
-            sop_instance_uid=sop_instance,
-            sop_class_uid=sop_class,
-            role=role,
-            transfer_syntax_uid=str(event.context.transfer_syntax),
-            size_bytes=source.stat().st_size,
-            calling_ae_title=calling[:16],
-            modality=header.modality,
-            body_part_examined=header.body_part_examined,
-            protocol_name=header.protocol_name,
-            series_description=header.series_description,
-            study_description=header.study_description,
-        )
-        if role is Role.IGNORE:  # bytes not kept, so a re-send is always a no-op
-            relative = None
-            same: Callable[[str | None], bool] = lambda _stored: True  # noqa: E731
-        else:
-            relative = self.store.adopt(source)
-            same = lambda stored: self.store.same_content(stored, source)  # noqa: E731
+        relative = self.store.new_name() if role is Role.ANALYSE else None
+        # Making the file durable (fsync, link, fsync directory) runs on a helper thread while
+        # this one parses the header and writes the row; the row commits only after the file
+        # is durable, and the status is sent only after both.
+        durable = None if relative is None else self.pool.submit(self.store.adopt, source, relative)
         try:
-            result = self.repository.record_instance(record, relative, same)
-        except SQLAlchemyError as exc:
-            if relative is not None:
+            header = header_of(source, sop_class, sop_instance)
+            record = _record(header, role, str(event.context.transfer_syntax), source, calling)
+            same: Callable[[str | None], bool] = (
+                (lambda _stored: True)  # ignored objects are not kept: a re-send is a no-op
+                if relative is None
+                else (lambda stored: self.store.same_content(stored, source))
+            )
+            try:
+                result = self.repository.record_instance(
+                    record, relative, same, before_commit=lambda: durable and durable.result()
+                )
+            except SQLAlchemyError as exc:
+                raise OutOfResources(f"database error: {exc.__class__.__name__}") from exc
+            if durable is not None:
+                durable.result()
+        except BaseException:
+            if durable is not None and relative is not None:
+                wait([durable])
                 self.store.remove(relative)
-            raise OutOfResources(f"database error: {exc.__class__.__name__}") from exc
+            raise
         if result.outcome is IngestOutcome.DUPLICATE:
             if relative is not None:
                 self.store.remove(relative)
@@ -189,6 +185,41 @@ class StoreHandler:
             self.store.remove(result.obsolete_file)
         log.debug("C-STORE from %s: %s (%s)", calling, result.outcome, role)
         return None
+
+
+def header_of(source: Path, sop_class: str, sop_instance: str) -> Header:
+    """The header, checked against the C-STORE request; raises the node's ingest errors."""
+    header = read_header(source)
+    if header.sop_class_uid != sop_class:
+        raise DatasetMismatch("SOPClassUID in the data set differs from the request")
+    if header.sop_instance_uid != sop_instance:
+        raise DatasetMismatch("SOPInstanceUID in the data set differs from the request")
+    for name in ("sop_instance_uid", "study_instance_uid"):
+        if not is_uid(getattr(header, name)):
+            raise InvalidIdentifier(f"{name} is missing or not a valid UID")
+    if header.series_instance_uid is not None and not is_uid(header.series_instance_uid):
+        raise InvalidIdentifier("series_instance_uid is not a valid UID")
+    return header
+
+
+def _record(
+    header: Header, role: Role, transfer_syntax: str, source: Path, calling: str
+) -> InstanceRecord:
+    return InstanceRecord(
+        study_instance_uid=header.study_instance_uid,
+        series_instance_uid=header.series_instance_uid,
+        sop_instance_uid=header.sop_instance_uid,
+        sop_class_uid=header.sop_class_uid,
+        role=role,
+        transfer_syntax_uid=transfer_syntax,
+        size_bytes=source.stat().st_size,
+        calling_ae_title=calling[:16],
+        modality=header.modality,
+        body_part_examined=header.body_part_examined,
+        protocol_name=header.protocol_name,
+        series_description=header.series_description,
+        study_description=header.study_description,
+    )
 
 
 def _status(code: int, comment: str | None) -> Dataset:
@@ -241,9 +272,15 @@ class StoreSCP:
         self.handler = handler
         self.server: ThreadedAssociationServer | None = None
 
+    def _on_requested(self, event: evt.Event) -> None:
+        # pynetdicom's network thread sleeps this long when it finds nothing to do; shorter
+        # means less latency per message and more CPU while an association is idle.
+        event.assoc.dul._run_loop_delay = self.config.poll_interval_s
+
     def start(self) -> None:
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self.handler),
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, _on_accepted),
             (evt.EVT_REJECTED, _on_rejected),
         ]

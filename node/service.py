@@ -44,9 +44,10 @@ class Node:
         self.engine = make_engine(config.database_url)
         upgrade_database(self.engine)
         self.repository = Repository(self.engine, clock)
-        self.scp = StoreSCP(
-            config.dicom, profile, StoreHandler(self.store, self.repository, profile)
+        self.handler = StoreHandler(
+            self.store, self.repository, profile, threads=config.dicom.max_associations
         )
+        self.scp = StoreSCP(config.dicom, profile, self.handler)
         policy = CompletionPolicy.from_seconds(
             config.completion.quiet_period_s, config.completion.force_complete_s
         )
@@ -80,6 +81,7 @@ class Node:
         aborted = self.scp.stop(grace)
         if aborted:
             log.warning("aborted %d association(s) still open after the grace period", aborted)
+        self.handler.close()
         self.scheduler.stop()
         self.engine.dispose()
         log.info("stopped")

@@ -60,11 +60,15 @@ class FileStore:
             if leftover.is_file():
                 leftover.unlink(missing_ok=True)
 
-    def adopt(self, source: Path) -> str:
-        """Make a complete received file durable under a new name; return its relative path."""
+    @staticmethod
+    def new_name() -> str:
+        """A fresh relative path for a file to adopt (the node's own random name)."""
         name = uuid.uuid4().hex
-        relative = f"instances/{name[:2]}/{name}.dcm"
-        final = self.root / relative
+        return f"instances/{name[:2]}/{name}.dcm"
+
+    def adopt(self, source: Path, relative: str) -> str:
+        """Make a complete received file durable under ``relative``; return ``relative``."""
+        final = self.path_of(relative)
         try:
             shard = final.parent
             if not shard.is_dir():

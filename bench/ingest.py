@@ -76,8 +76,10 @@ def make_corpora(directory: Path, small: int, large: int) -> dict[str, list[Path
         template.SOPInstanceUID = generate_uid()
         template.file_meta.MediaStorageSOPInstanceUID = template.SOPInstanceUID
         large_files.append(write(template, large_dir / f"{index:04d}.dcm"))
-    return {"300 x 0.5 MB" if small == 300 else f"{small} x 0.5 MB": small_files,
-            "30 x 6 MB" if large == 30 else f"{large} x 6 MB": large_files}
+    return {
+        "300 x 0.5 MB" if small == 300 else f"{small} x 0.5 MB": small_files,
+        "30 x 6 MB" if large == 30 else f"{large} x 6 MB": large_files,
+    }
 
 
 BARE_SCP = """
@@ -95,12 +97,12 @@ def handle(event):
         os.fsync(fp.fileno())
     return 0x0000
 ae = AE(ae_title="BARE")
-ae.maximum_pdu_size = %d
+ae.maximum_pdu_size = int(sys.argv[4])
 ae.require_called_aet = False
 ae.supported_contexts = AllStoragePresentationContexts
 handlers = [(evt.EVT_C_STORE, handle), (evt.EVT_REQUESTED, requested)]
 ae.start_server(("127.0.0.1", int(sys.argv[1])), block=True, evt_handlers=handlers)
-""" % PDU
+"""
 
 
 @contextmanager
@@ -113,7 +115,7 @@ def receiver(kind: str, workdir: Path, poll: float) -> Iterator[tuple[int, str]]
         command = ["storescp", "--max-pdu", "131072", "-od", str(out), str(port)]
         title = "STORESCP"
     elif kind == "pynetdicom":
-        command = [sys.executable, "-c", BARE_SCP, str(port), str(out), str(poll)]
+        command = [sys.executable, "-c", BARE_SCP, str(port), str(out), str(poll), str(PDU)]
         title = "BARE"
     else:
         config = out / "mura-node.toml"
@@ -146,7 +148,9 @@ def send(port: int, title: str, files: list[Path]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="a small corpus and one round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
@@ -172,7 +176,9 @@ def main() -> None:
             f"storescu -> receiver, one association, median of {rounds} round(s), "
             f"{os.cpu_count()} CPUs, pynetdicom poll interval {args.poll_interval} s"
         )
-        print(f"{'corpus':<14} {'receiver':<11} {'inst/s':>8} {'MB/s':>7} {'vs storescp':>12} {'vs bare pynetdicom':>19}")
+        print(
+            f"{'corpus':<14} {'receiver':<11} {'inst/s':>8} {'MB/s':>7} {'vs storescp':>12} {'vs bare pynetdicom':>19}"
+        )
         for name, files in corpora.items():
             size_mb = sum(f.stat().st_size for f in files) / 1e6
             rate: dict[str, float] = {}

@@ -75,8 +75,12 @@ class FileStore:
                 shard.mkdir(mode=0o700, exist_ok=True)
                 fsync_directory(self.instances)
             try:
-                fsync_file(source)
+                # Link first, then fsync: on journalling file systems the file's fsync then also
+                # commits the new directory entry, and the directory fsync that guarantees it
+                # everywhere has little left to do. Until the row commits, a crash leaves at
+                # worst an unreferenced file.
                 os.link(source, final)
+                fsync_file(final)
             except OSError as exc:
                 if exc.errno not in _CROSS_DEVICE:
                     raise

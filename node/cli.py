@@ -15,9 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from node import __version__
 from node.config import Config, load_config
-from node.errors import ConfigError, ListenError, ProfileError, SchemaError
+from node.errors import ConfigError, DatabaseUnavailable, ListenError, ProfileError, SchemaError
 
 log = logging.getLogger("node")
 
@@ -82,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, config)
     except (ConfigError, ProfileError) as exc:
         return _fail(f"configuration error: {exc}", 2)
-    except (SchemaError, ListenError) as exc:
+    except (SchemaError, ListenError, DatabaseUnavailable) as exc:
         return _fail(str(exc), 1)
     except OSError as exc:
         return _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), 1)
@@ -101,7 +103,11 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         from node.db import make_engine, upgrade_database
 
         engine = make_engine(config.database_url)
-        upgrade_database(engine)
+        try:
+            upgrade_database(engine)
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            return _fail(f"cannot upgrade the database: {reason}", 1)
         print("database schema is up to date")
         return 0
     if args.command == "config":
@@ -152,5 +158,9 @@ def _config_dict(config: Config) -> dict[str, Any]:
         return value
 
     data = plain(dataclasses.asdict(config))
-    data["database"]["effective_url"] = config.database_url
+    from node.service import safe_url
+
+    if data["database"]["url"]:
+        data["database"]["url"] = safe_url(data["database"]["url"])
+    data["database"]["effective_url"] = safe_url(config.database_url)
     return dict(data)

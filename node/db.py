@@ -37,7 +37,7 @@ from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from node.errors import SchemaError
+from node.errors import DatabaseUnavailable, SchemaError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -173,7 +173,13 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
     """An engine for ``url``; SQLite gets WAL, full sync, a busy timeout and immediate writes."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, future=True)
+        try:
+            return create_engine(url, pool_pre_ping=True)
+        except ImportError as exc:
+            raise DatabaseUnavailable(
+                f"no driver for {parsed.drivername} ({exc.name} is not installed); "
+                "for PostgreSQL install mura-node[postgresql]"
+            ) from None
     database = parsed.database
     if database and database != ":memory:" and not readonly:
         Path(database).parent.mkdir(parents=True, exist_ok=True)

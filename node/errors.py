@@ -35,3 +35,7 @@ class InvalidIdentifier(UnreadableDataset):
 
 class ListenError(MuraNodeError):
     """The SCP cannot listen on its configured address."""
+
+
+class DatabaseUnavailable(MuraNodeError):
+    """The database cannot be reached or prepared."""

@@ -14,11 +14,13 @@ import threading
 from types import FrameType
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from node import __version__
 from node.completion import CompletionPolicy
 from node.config import Config
 from node.db import make_engine, upgrade_database
+from node.errors import DatabaseUnavailable
 from node.profiles import load_storage_profile, load_vocabulary
 from node.repository import Clock, Repository, utcnow
 from node.scheduler import CompletionScheduler
@@ -42,7 +44,13 @@ class Node:
         self.store = FileStore(config.storage.data_dir)
         self.store.prepare()
         self.engine = make_engine(config.database_url)
-        upgrade_database(self.engine)
+        try:
+            upgrade_database(self.engine)
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise DatabaseUnavailable(
+                f"cannot prepare database {safe_url(config.database_url)}: {reason}"
+            ) from None
         self.repository = Repository(self.engine, clock)
         self.handler = StoreHandler(
             self.store, self.repository, profile, threads=config.dicom.max_associations

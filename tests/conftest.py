@@ -46,7 +46,7 @@ def postgres_url() -> Iterator[str]:
     The server comes from MURA_TEST_POSTGRES_URL (scripts/test starts the local one). A missing
     server fails the test: PostgreSQL support is part of the product, not optional."""
     base = make_url(os.environ.get("MURA_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL))
-    base = base.set(drivername="postgresql+psycopg2")
+    base = base.set(drivername="postgresql+psycopg")
     admin = create_engine(base, isolation_level="AUTOCOMMIT")
     name = f"mura_test_{uuid.uuid4().hex[:12]}"
     try:

@@ -198,3 +198,16 @@ def test_port_in_use_is_a_clear_error(serve: Serve) -> None:
         in result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+def test_unreachable_database_is_a_clear_error(serve: Serve) -> None:
+    port = free_port()  # nothing listens there
+    with serve.config.open("a") as config:
+        config.write(f'[database]\nurl = "postgresql://mura:secret@127.0.0.1:{port}/mura"\n')
+    result = serve.command("serve")
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"mura-node: cannot prepare database postgresql://mura:***@127.0.0.1:{port}/mura"
+    )
+    assert "secret" not in result.stderr
+    assert "Traceback" not in result.stderr

@@ -19,7 +19,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from node import __version__
 from node.config import Config, load_config
-from node.errors import ConfigError, DatabaseUnavailable, ListenError, ProfileError, SchemaError
+from node.errors import (
+    CheckpointError,
+    ConfigError,
+    DatabaseUnavailable,
+    ListenError,
+    ProfileError,
+    SchemaError,
+)
 
 log = logging.getLogger("node")
 
@@ -49,6 +56,22 @@ def _parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_commands.add_parser("upgrade", parents=[common], help="create or upgrade the schema")
+    model = commands.add_parser("model", help="the inference model")
+    model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    info = model_commands.add_parser(
+        "info",
+        parents=[common],
+        help="load the configured model and print its cards, hashes, device",
+    )
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    pack = model_commands.add_parser(
+        "pack", parents=[common], help="turn a state dict into safetensors weights and a model card"
+    )
+    pack.add_argument("weights", type=Path, help="a .safetensors file or a .pt state dict")
+    pack.add_argument("--name", required=True)
+    pack.add_argument("--version", required=True)
+    pack.add_argument("--out", type=Path, default=Path("models"), help="folder (default: models)")
+    pack.add_argument("--input-size", type=int, default=320)
     config = commands.add_parser("config", help="configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     config_commands.add_parser("show", parents=[common], help="print the effective configuration")
@@ -84,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, config)
     except (ConfigError, ProfileError) as exc:
         return _fail(f"configuration error: {exc}", 2)
-    except (SchemaError, ListenError, DatabaseUnavailable) as exc:
+    except (SchemaError, ListenError, DatabaseUnavailable, CheckpointError) as exc:
         return _fail(str(exc), 1)
     except OSError as exc:
         return _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), 1)
@@ -110,6 +133,8 @@ def _run(args: argparse.Namespace, config: Config) -> int:
             return _fail(f"cannot upgrade the database: {reason}", 1)
         print("database schema is up to date")
         return 0
+    if args.command == "model":
+        return _model(args, config)
     if args.command == "config":
         print(json.dumps(_config_dict(config), indent=2))
         return 0
@@ -144,6 +169,52 @@ def _status(config: Config, *, as_json: bool, limit: int) -> int:
         print(json.dumps(report, indent=2))
     else:
         sys.stdout.write(render_status(report, safe_url(url)))
+    return 0
+
+
+def _model(args: argparse.Namespace, config: Config) -> int:
+    from node.cards import pack_checkpoint, read_state_dict
+    from node.engine import InferenceEngine
+
+    if args.model_command == "pack":
+        card = pack_checkpoint(
+            read_state_dict(args.weights),
+            args.out,
+            name=args.name,
+            version=args.version,
+            input_size=args.input_size,
+            training={"source": args.weights.name},
+        )
+        print(f"wrote {card.weights} and {card.path} (sha256 {card.sha256})")
+        print(f'use it with: [model] cards = ["{card.path}"]')
+        return 0
+    engine = InferenceEngine.from_config(config.model)
+    info = engine.describe()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(
+        "model: UNTRAINED (random weights; no model card configured)"
+        if engine.untrained
+        else "model:"
+    )
+    for card in info["models"]:
+        print(f"  {card['name']} {card['version']}  ({card['card']})")
+        print(f"    weights {card['weights']}")
+        print(f"    sha256  {card['sha256']} (verified)")
+        if card["metrics"]:
+            print(f"    metrics {json.dumps(card['metrics'])}")
+    print(
+        f"ensemble of {info['ensemble_size']} model(s), input {info['input_size']} x {info['input_size']}"
+    )
+    print(
+        f"device {info['device']} ({info['device_name']}), precision {info['precision']}, "
+        f"channels_last {'on' if info['channels_last'] else 'off'}, CPU threads {info['cpu_threads']}"
+    )
+    print(
+        f"batch size {info['batch_size']}; thresholds: "
+        + ", ".join(f"{k} {v:g}" for k, v in info["thresholds"].items())
+    )
     return 0
 
 

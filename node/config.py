@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 from collections.abc import Mapping
@@ -73,6 +74,22 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """The inference engine (see node/engine.py)."""
+
+    cards: tuple[str, ...] = ()
+    allow_untrained: bool = False
+    device: str = "auto"
+    precision: str = "bf16"
+    cpu_threads: int = 0
+    batch_size: int = 16
+    threshold: float = 0.5
+    thresholds: dict[str, float] = field(default_factory=dict)
+    preprocess_workers: int = 0
+    max_image_pixels: int = 100_000_000
+
+
+@dataclass(frozen=True)
 class Destination:
     """A DICOM peer that receives the node's results (used by the dispatcher)."""
 
@@ -89,6 +106,7 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     completion: CompletionConfig = field(default_factory=CompletionConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     destinations: tuple[Destination, ...] = ()
     source: str = "built-in defaults"
 
@@ -105,6 +123,7 @@ _SECTIONS: dict[str, type] = {
     "database": DatabaseConfig,
     "completion": CompletionConfig,
     "service": ServiceConfig,
+    "model": ModelConfig,
 }
 
 
@@ -184,6 +203,13 @@ def _parse_env_value(name: str, text: str, hint: Any) -> Any:
             return float(text)
         except ValueError:
             raise ConfigError(f"{name}: expected a number, got {text!r}") from None
+    if get_origin(hint) is dict:
+        try:
+            return tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(
+                f"{name}: expected a TOML inline table, e.g. {{wrist = 0.45}}"
+            ) from None
     if get_origin(hint) is tuple:
         stripped = text.strip()
         if stripped.startswith("["):
@@ -247,6 +273,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if origin in (Union, types.UnionType):
         hint = next(arg for arg in get_args(hint) if arg is not type(None))
         origin = get_origin(hint)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {_describe(value)}")
+        return {str(k): _coerce(f"{key}.{k}", v, get_args(hint)[1]) for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{key}: expected a list of strings, got {_describe(value)}")
@@ -319,6 +349,7 @@ def _validate(config: Config) -> None:
         raise ConfigError(
             f"service.log_level: must be one of {', '.join(LOG_LEVELS)}, got {config.service.log_level!r}"
         )
+    _validate_model(config.model)
     url = config.database.url
     if url and "://" not in url:
         raise ConfigError(f"database.url: not a database URL: {url!r} (e.g. postgresql://host/db)")
@@ -334,6 +365,33 @@ def _validate(config: Config) -> None:
         _check_port(f"{where}.port", dest.port)
         if not dest.host:
             raise ConfigError(f"{where}.host: must not be empty")
+
+
+def _validate_model(model: ModelConfig) -> None:
+    from node.profiles import MURA_STUDY_TYPES
+
+    if model.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", model.device):
+        raise ConfigError(f"model.device: must be auto, cpu, cuda or cuda:N, got {model.device!r}")
+    if model.precision not in ("bf16", "fp16", "fp32"):
+        raise ConfigError(f"model.precision: must be bf16, fp16 or fp32, got {model.precision!r}")
+    for key in ("batch_size", "max_image_pixels"):
+        if getattr(model, key) < 1:
+            raise ConfigError(f"model.{key}: must be at least 1, got {getattr(model, key)}")
+    for key in ("cpu_threads", "preprocess_workers"):
+        if getattr(model, key) < 0:
+            raise ConfigError(f"model.{key}: must be 0 or more, got {getattr(model, key)}")
+    if not 0 < model.threshold < 1:
+        raise ConfigError(f"model.threshold: must be between 0 and 1, got {model.threshold}")
+    for study_type, value in model.thresholds.items():
+        if study_type not in MURA_STUDY_TYPES:
+            raise ConfigError(
+                f"model.thresholds.{study_type}: unknown study type "
+                f"(one of {', '.join(MURA_STUDY_TYPES)})"
+            )
+        if not 0 < value < 1:
+            raise ConfigError(
+                f"model.thresholds.{study_type}: must be between 0 and 1, got {value}"
+            )
 
 
 def _check_ae_title(key: str, title: str) -> None:

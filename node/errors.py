@@ -39,3 +39,11 @@ class ListenError(MuraNodeError):
 
 class DatabaseUnavailable(MuraNodeError):
     """The database cannot be reached or prepared."""
+
+
+class UndecodableImage(MuraNodeError):
+    """An image that cannot be decoded or turned into model input; the message says why."""
+
+
+class CheckpointError(MuraNodeError):
+    """A model card or checkpoint that is missing, malformed, or does not match its hash."""

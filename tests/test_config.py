@@ -38,13 +38,15 @@ def test_default_file_in_working_directory_is_read(
 def test_example_file_documents_every_key_with_its_default() -> None:
     example = tomllib.loads((ROOT / "config.example.toml").read_text())
     defaults = Config()
-    for section in ("dicom", "storage", "database", "completion", "service"):
+    for section in ("dicom", "storage", "database", "completion", "service", "model"):
         documented = example[section]
         expected = getattr(defaults, section)
         assert set(documented) == set(expected.__dataclass_fields__), section
         for key, value in documented.items():
             actual = getattr(expected, key)
             normalised = tuple(actual) if isinstance(actual, tuple) else actual
+            if isinstance(value, dict):
+                value = dict(value)
             normalised = str(normalised) if isinstance(normalised, Path) else normalised
             assert (tuple(value) if isinstance(value, list) else value) == normalised, (
                 f"{section}.{key}"

@@ -81,8 +81,9 @@ class ModelConfig:
     allow_untrained: bool = False
     device: str = "auto"
     precision: str = "bf16"
+    channels_last: bool = True
     cpu_threads: int = 0
-    batch_size: int = 16
+    batch_size: int = 0
     threshold: float = 0.5
     thresholds: dict[str, float] = field(default_factory=dict)
     preprocess_workers: int = 0
@@ -374,10 +375,11 @@ def _validate_model(model: ModelConfig) -> None:
         raise ConfigError(f"model.device: must be auto, cpu, cuda or cuda:N, got {model.device!r}")
     if model.precision not in ("bf16", "fp16", "fp32"):
         raise ConfigError(f"model.precision: must be bf16, fp16 or fp32, got {model.precision!r}")
-    for key in ("batch_size", "max_image_pixels"):
-        if getattr(model, key) < 1:
-            raise ConfigError(f"model.{key}: must be at least 1, got {getattr(model, key)}")
-    for key in ("cpu_threads", "preprocess_workers"):
+    if model.max_image_pixels < 1:
+        raise ConfigError(
+            f"model.max_image_pixels: must be at least 1, got {model.max_image_pixels}"
+        )
+    for key in ("cpu_threads", "preprocess_workers", "batch_size"):
         if getattr(model, key) < 0:
             raise ConfigError(f"model.{key}: must be 0 or more, got {getattr(model, key)}")
     if not 0 < model.threshold < 1:

@@ -131,6 +131,8 @@ def main() -> None:
     bare = torchvision.models.densenet169(num_classes=1).eval()
     model = MuraDenseNet().eval()
     cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # the engine does the same on CUDA
     print(
         f"{results['device']}, torch {torch.__version__}, {torch.get_num_threads()} threads, channels_last"
     )

@@ -102,6 +102,10 @@ class InferenceEngine:
     @classmethod
     def from_config(cls, config: ModelConfig) -> InferenceEngine:
         device = resolve_device(config.device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = (
+                True  # fixed input size: let cuDNN pick its fastest kernels
+            )
         if device.type == "cpu" and config.cpu_threads > 0:
             torch.set_num_threads(config.cpu_threads)
         cards = [load_card(Path(p)) for p in config.cards]

@@ -5,7 +5,8 @@ For every batch size (and, on CUDA, every precision):
 - bare:    ``torchvision.models.densenet169(num_classes=1)`` forward on ready tensors already on
            the device, channels_last (and autocast on CUDA) like the engine, nothing else;
 - engine:  ``InferenceEngine.predict`` on CPU tensors: copy to the device, forward with the class
-           activation maps, sigmoid, ensemble mean, results back to the host;
+           activation maps, sigmoid, ensemble mean, results back to the host; and "(on device)",
+           the same with the input already on the device (on the CPU both are the same);
 - from DICOM: the same engine fed from DICOM files (read, decode, window, resize, normalise), with
            the decoding in ``--workers`` processes (0: in the engine's own process), end to end.
 
@@ -143,7 +144,7 @@ def main() -> None:
     preprocessor = DicomPreprocessor(workers=args.workers)
     print(
         f"{'precision':<9} {'batch':>5} {'bare img/s':>11} {'engine img/s':>13} {'engine/bare':>12} "
-        f"{'from DICOM img/s':>17} {'DICOM/bare':>11}"
+        f"{'(on device)':>12} {'from DICOM img/s':>17} {'DICOM/bare':>11}"
     )
     for precision in args.precisions:
         engine = InferenceEngine(
@@ -173,6 +174,9 @@ def main() -> None:
             t_engine = timed(
                 lambda host=host, engine=engine: engine.predict(host), device, args.repeats
             )
+            t_resident = timed(
+                lambda ready=ready, engine=engine: engine.predict(ready), device, args.repeats
+            )
             t_dicom = timed(from_dicom, device, max(1, args.repeats // 2))
             row = {
                 "precision": engine.precision,
@@ -180,6 +184,8 @@ def main() -> None:
                 "bare_images_per_s": batch / t_bare,
                 "engine_images_per_s": batch / t_engine,
                 "engine_vs_bare": t_bare / t_engine,
+                "engine_input_on_device_images_per_s": batch / t_resident,
+                "engine_input_on_device_vs_bare": t_bare / t_resident,
                 "from_dicom_images_per_s": batch / t_dicom,
                 "from_dicom_vs_bare": t_bare / t_dicom,
             }
@@ -187,6 +193,7 @@ def main() -> None:
             print(
                 f"{row['precision']:<9} {batch:>5} {row['bare_images_per_s']:>11.1f} "
                 f"{row['engine_images_per_s']:>13.1f} {row['engine_vs_bare']:>11.2f}x "
+                f"{row['engine_input_on_device_vs_bare']:>11.2f}x "
                 f"{row['from_dicom_images_per_s']:>17.1f} {row['from_dicom_vs_bare']:>10.2f}x",
                 flush=True,
             )

@@ -268,6 +268,9 @@ class DicomPreprocessor:
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_quiet_worker,
             )
+            # Start every process now (each imports torch, which takes seconds), not during the
+            # first study.
+            list(self.pool.map(_ready, range(workers)))
 
     def map(self, paths: Sequence[Path]) -> list[torch.Tensor | UndecodableImage]:
         jobs = [(str(p), self.size, self.max_pixels) for p in paths]
@@ -278,6 +281,10 @@ class DicomPreprocessor:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True)
+
+
+def _ready(index: int) -> int:
+    return index
 
 
 def _quiet_worker() -> None:

@@ -18,13 +18,15 @@ DICOM choices, in the order they are applied (PS3.3 C.11 "grayscale pipeline"):
   No VOI applies to colour images.
 - Modality LUT / RescaleSlope and RescaleIntercept first (this also makes signed pixels plain
   numbers).
-- VOI: the first item of the VOI LUT Sequence when there is one (its output scaled by the table's
-  own range); else the first WindowCenter/WindowWidth pair, with VOILUTFunction LINEAR (the
+- VOI: the first item of the VOI LUT Sequence when there is one (its output scaled by the LUT's
+  nominal bit depth); else the first WindowCenter/WindowWidth pair, with VOILUTFunction LINEAR (the
   default), LINEAR_EXACT or SIGMOID; else, for images of up to 8 stored bits, the full stored range
   (so an 8-bit image made from a PNG keeps its values), and for deeper images a robust window from
   the 0.5th to the 99.5th percentile of the pixel values (CR and DX detectors rarely use their full
-  range, and a few saturated pixels must not decide the contrast).
-- MONOCHROME1 is inverted after the VOI, so 1 is always bright.
+  range, and a few saturated pixels must not decide the contrast; the percentiles are taken on an
+  evenly strided sample of at most about 250,000 pixels).
+- MONOCHROME1 is inverted after the VOI, so 1 is always bright. Arithmetic is float32 (exact for
+  16-bit stored values).
 
 PNG choices: 8-bit images are divided by 255, 16-bit ones by 65535; palette, grey+alpha and RGBA
 images are converted to RGB first, like PIL's ``convert("RGB")`` that MURA reproductions use.
@@ -49,6 +51,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_SIZE = 320
 MAX_PIXELS = 100_000_000
 PERCENTILES = (0.5, 99.5)
+PERCENTILE_SAMPLE = 250_000
 
 
 def dicom_to_unit(ds: Dataset, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -75,29 +78,32 @@ def dicom_to_unit(ds: Dataset, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         return np.clip(pixels.astype(np.float32) / float(2**bits - 1), 0.0, 1.0)
     if pixels.ndim != 2:
         raise UndecodableImage(f"unexpected pixel array shape {pixels.shape}")
-    values = apply_modality_lut(pixels, ds).astype(np.float64)
+    values = apply_modality_lut(pixels, ds).astype(np.float32, copy=False)
     unit = _voi(values, ds, bits)
     if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
         unit = 1.0 - unit
-    return np.clip(unit, 0.0, 1.0).astype(np.float32)
+    return np.clip(unit, 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def _voi(values: np.ndarray, ds: Dataset, bits: int) -> np.ndarray:
     if ds.get("VOILUTSequence"):
         mapped = apply_voi(np.rint(values).astype(np.int64), ds, 0)
         depth = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        return mapped.astype(np.float64) / float(2**depth - 1)
+        return mapped.astype(np.float32) / np.float32(2**depth - 1)
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     if center is not None and width is not None and width > 0:
         return window(
             values, center, width, str(ds.get("VOILUTFunction", "LINEAR")).strip().upper()
         )
     if bits <= 8 and not int(ds.get("PixelRepresentation") or 0) and "RescaleSlope" not in ds:
-        return values / float(2**bits - 1)
-    low, high = np.percentile(values, PERCENTILES)
+        return values / np.float32(2**bits - 1)
+    # Percentiles of an evenly strided sample of at most ~250,000 pixels: the same window for any
+    # practical purpose, ten times faster on a 1760 x 1760 radiograph.
+    step = max(1, int(np.sqrt(values.size / PERCENTILE_SAMPLE)))
+    low, high = np.percentile(values[::step, ::step], PERCENTILES)
     if high <= low:
         return np.zeros_like(values)
-    return (values - low) / (high - low)
+    return (values - np.float32(low)) / np.float32(high - low)
 
 
 def _first(value: object) -> float | None:
@@ -114,6 +120,7 @@ def _first(value: object) -> float | None:
 
 def window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
     """PS3.3 C.11.2.1.2 windowing into [0, 1]."""
+    center, width = float(center), float(width)
     if function == "SIGMOID":
         return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
     if function == "LINEAR_EXACT":
@@ -141,10 +148,10 @@ def png_to_unit(path: Path) -> np.ndarray:
 def unit_to_tensor(unit: np.ndarray, size: int = INPUT_SIZE) -> torch.Tensor:
     """Display values to a normalised 3 x size x size float32 tensor."""
     tensor = torch.from_numpy(np.ascontiguousarray(unit, dtype=np.float32))
-    tensor = tensor.unsqueeze(0).expand(3, -1, -1) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+    tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
     resized = F.interpolate(
         tensor.unsqueeze(0), size=(size, size), mode="bilinear", align_corners=False, antialias=True
-    )[0]
+    )[0].expand(3, -1, -1)  # grayscale is resized once, then repeated into 3 channels
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return ((resized - mean) / std).contiguous()

@@ -180,3 +180,26 @@ def test_corrupt_pixel_data_is_a_clear_error(tmp_path: Path) -> None:
 def test_no_pixels() -> None:
     with pytest.raises(UndecodableImage, match="0 rows"):
         dicom_to_unit(Dataset())
+
+
+@pytest.mark.parametrize(
+    ("reference", "encoded"),
+    [
+        ("MR_small.dcm", "MR_small_RLE.dcm"),
+        ("MR_small.dcm", "MR_small_jpeg_ls_lossless.dcm"),
+        ("MR_small.dcm", "MR_small_implicit.dcm"),
+        ("MR_small.dcm", "MR_small_bigendian.dcm"),
+        ("emri_small.dcm", "emri_small_jpeg_2k_lossless.dcm"),  # multi-frame: the first frame
+        ("emri_small.dcm", "emri_small_RLE.dcm"),
+    ],
+)
+def test_lossless_transfer_syntaxes_give_the_reference_tensor(reference: str, encoded: str) -> None:
+    assert torch.equal(
+        dicom_file_to_tensor(data_file(reference)), dicom_file_to_tensor(data_file(encoded))
+    )
+
+
+@pytest.mark.parametrize("name", ["image_dfl.dcm", "JPEG-LL.dcm"])
+def test_deflated_and_jpeg_lossless_decode(name: str) -> None:
+    tensor = dicom_file_to_tensor(data_file(name))
+    assert tensor.shape == (3, 320, 320) and torch.isfinite(tensor).all()

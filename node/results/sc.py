@@ -1,0 +1,123 @@
+"""One Secondary Capture per source image: the radiograph with its class activation map in colour.
+
+Rendering: the radiograph as a radiologist sees it (the same windowing and MONOCHROME1 inversion as
+the model input, node/imaging.py), scaled so that its longest side is at most 1024 pixels with the
+aspect ratio kept; the map is upsampled to that size, its positive part scaled to [0, 1], and
+blended in colour only where it exceeds 0.2, with at most 45 % opacity, so the bone stays visible
+under the colour and regions without evidence are left untouched.
+
+The SC is in a new series ("AI heatmap, not for primary diagnosis"), copies patient and study from
+the source image (highdicom ``SCImage.from_ref_dataset``), and adds what highdicom leaves out:
+SourceImageSequence with purpose "Source image for image processing operation", ImageType
+DERIVED\\SECONDARY, DerivationDescription and BurnedInAnnotation NO.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from highdicom.sc import SCImage
+from pydicom.dataset import Dataset
+
+from node.model import normalise_cam, upsample_cam
+from node.results.identity import NodeIdentity, with_type2_attributes
+
+MAX_SIDE = 1024
+EVIDENCE_FLOOR = 0.2
+MAX_OPACITY = 0.45
+SC_SERIES_DESCRIPTION = "AI heatmap mura-node - NOT FOR PRIMARY DIAGNOSIS"
+# Blue, cyan, green, yellow, red: a perceptually ordered ramp that reads well over gray.
+_RAMP = np.array(
+    [[0.0, 0.0, 0.6], [0.0, 0.8, 1.0], [0.2, 0.9, 0.2], [1.0, 0.9, 0.0], [1.0, 0.1, 0.0]],
+    dtype=np.float32,
+)
+
+
+def colour_ramp(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] to RGB in [0, 1] along the ramp."""
+    position = np.clip(values, 0.0, 1.0) * (len(_RAMP) - 1)
+    low = np.floor(position).astype(int).clip(0, len(_RAMP) - 2)
+    fraction = (position - low)[..., None]
+    return (_RAMP[low] * (1 - fraction) + _RAMP[low + 1] * fraction).astype(np.float32)
+
+
+def render_heatmap(unit: np.ndarray, cam: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
+    """Display values (H, W) or (H, W, 3) and a raw map (h, w) to an RGB uint8 overlay image."""
+    gray = unit if unit.ndim == 2 else unit @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    height, width = gray.shape
+    scale = min(1.0, max_side / max(height, width))
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    image = torch.from_numpy(np.ascontiguousarray(gray, dtype=np.float32))[None, None]
+    if size != (height, width):
+        image = F.interpolate(
+            image, size=size, mode="bilinear", align_corners=False, antialias=True
+        )
+    base = image[0, 0].clamp(0, 1).numpy()
+    heat = normalise_cam(upsample_cam(torch.from_numpy(cam), *size)).numpy()
+    alpha = (MAX_OPACITY * np.clip((heat - EVIDENCE_FLOOR) / (1 - EVIDENCE_FLOOR), 0, 1))[..., None]
+    blended = base[..., None] * (1 - alpha) + colour_ramp(heat) * alpha
+    return np.round(np.clip(blended, 0, 1) * 255).astype(np.uint8)
+
+
+def build_sc(
+    source: Dataset,
+    rgb: np.ndarray,
+    identity: NodeIdentity,
+    *,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    instance_number: int,
+    probability: float,
+    algorithm_name: str,
+    series_number: int = 991,
+) -> SCImage:
+    """The Secondary Capture of one rendered heatmap, referencing its source image."""
+    reference = with_type2_attributes(source)
+    orientation = source.get("PatientOrientation")
+    patient_orientation = (
+        (str(orientation[0]), str(orientation[1]))
+        if orientation is not None and len(orientation) == 2 and all(orientation)
+        else None
+    )
+    laterality = str(source.get("ImageLaterality") or source.get("Laterality") or "").strip()
+    sc = SCImage.from_ref_dataset(
+        ref_dataset=reference,
+        pixel_array=rgb,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+        manufacturer=identity.manufacturer,
+        # highdicom insists on an orientation; when the source gives none the SC says nothing
+        # either (PatientOrientation is Type 2: empty below), rather than inventing one.
+        patient_orientation=patient_orientation or ("A", "F"),
+        laterality=laterality if laterality in ("L", "R") else None,
+    )
+    if patient_orientation is None:
+        sc.PatientOrientation = ""  # type: ignore[assignment]
+    if laterality not in ("L", "R"):
+        sc.Laterality = ""  # Type 2C for paired body parts: present, unknown
+    sc.SeriesDescription = SC_SERIES_DESCRIPTION
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    sc.BurnedInAnnotation = "NO"
+    sc.DerivationDescription = (
+        f"Class activation map of {algorithm_name} (probability {probability:.3f}) blended over "
+        "the windowed source image; AI rendering, not for primary diagnosis"
+    )[:1024]
+    sc.ManufacturerModelName = identity.model_name
+    sc.SoftwareVersions = identity.software_version
+    if source.get("BodyPartExamined"):
+        sc.BodyPartExamined = source.BodyPartExamined
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    purpose = Dataset()
+    purpose.CodeValue, purpose.CodingSchemeDesignator = "121322", "DCM"
+    purpose.CodeMeaning = "Source image for image processing operation"
+    item.PurposeOfReferenceCodeSequence = [purpose]
+    sc.SourceImageSequence = [item]
+    return sc

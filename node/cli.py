@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--limit", type=int, default=20, help="how many recent studies to list (default 20)"
     )
+    commands.add_parser(
+        "worker", parents=[common], help="run an inference worker only (e.g. on a GPU machine)"
+    )
+    commands.add_parser("retry", parents=[common], help="re-queue dead-lettered deliveries")
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_commands.add_parser("upgrade", parents=[common], help="create or upgrade the schema")
@@ -120,6 +124,20 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         from node.service import serve
 
         return serve(config)
+    if args.command == "worker":
+        from node.service import check_model
+        from node.worker import run_worker_process
+
+        check_model(config.model)
+        run_worker_process(config)
+        return 0
+    if args.command == "retry":
+        from node.db import make_engine
+        from node.outbox import Outbox
+
+        count = Outbox(make_engine(config.database_url)).retry_dead()
+        print(f"re-queued {count} dead-lettered deliver{'y' if count == 1 else 'ies'}")
+        return 0
     if args.command == "status":
         return _status(config, as_json=args.json, limit=args.limit)
     if args.command == "db":
@@ -144,9 +162,8 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 def _status(config: Config, *, as_json: bool, limit: int) -> int:
     from sqlalchemy.engine import make_url
 
-    from node.db import check_schema, make_engine
+    from node.db import check_schema, make_engine, safe_url
     from node.repository import utcnow
-    from node.service import safe_url
     from node.status import collect_status, render_status
 
     url = config.database_url
@@ -229,7 +246,7 @@ def _config_dict(config: Config) -> dict[str, Any]:
         return value
 
     data = plain(dataclasses.asdict(config))
-    from node.service import safe_url
+    from node.db import safe_url
 
     if data["database"]["url"]:
         data["database"]["url"] = safe_url(data["database"]["url"])

@@ -91,6 +91,26 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class WorkerConfig:
+    """The inference worker (node/worker.py)."""
+
+    processes: int = 1
+    poll_interval_s: float = 1.0
+    lease_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    """Delivery of results to the destinations (node/dispatch.py)."""
+
+    poll_interval_s: float = 2.0
+    max_attempts: int = 8
+    first_retry_s: float = 10.0
+    max_retry_s: float = 900.0
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class Destination:
     """A DICOM peer that receives the node's results (used by the dispatcher)."""
 
@@ -98,6 +118,7 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    objects: tuple[str, ...] = ("sr", "sc")
 
 
 @dataclass(frozen=True)
@@ -108,6 +129,8 @@ class Config:
     completion: CompletionConfig = field(default_factory=CompletionConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     destinations: tuple[Destination, ...] = ()
     source: str = "built-in defaults"
 
@@ -125,6 +148,8 @@ _SECTIONS: dict[str, type] = {
     "completion": CompletionConfig,
     "service": ServiceConfig,
     "model": ModelConfig,
+    "worker": WorkerConfig,
+    "dispatch": DispatchConfig,
 }
 
 
@@ -261,10 +286,15 @@ def _build_destinations(items: Any) -> tuple[Destination, ...]:
         for key in item:
             if key not in hints:
                 raise ConfigError(f"unknown key '{where}.{key}' (known keys: {', '.join(hints)})")
-        missing = [key for key in hints if key not in item]
+        defaults = {
+            f.name for f in dataclasses.fields(Destination) if f.default is not dataclasses.MISSING
+        }
+        missing = [key for key in hints if key not in item and key not in defaults]
         if missing:
             raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
-        values = {key: _coerce(f"{where}.{key}", item[key], hints[key]) for key in hints}
+        values = {
+            key: _coerce(f"{where}.{key}", item[key], hints[key]) for key in hints if key in item
+        }
         result.append(Destination(**values))
     return tuple(result)
 
@@ -366,6 +396,25 @@ def _validate(config: Config) -> None:
         _check_port(f"{where}.port", dest.port)
         if not dest.host:
             raise ConfigError(f"{where}.host: must not be empty")
+        unknown = [kind for kind in dest.objects if kind not in ("sr", "sc")]
+        if unknown or not dest.objects:
+            raise ConfigError(
+                f'{where}.objects: a list of "sr" and/or "sc", got {list(dest.objects)}'
+            )
+    if config.worker.processes < 0:
+        raise ConfigError(f"worker.processes: must be 0 or more, got {config.worker.processes}")
+    for section, keys in (
+        ("worker", ("poll_interval_s", "lease_s")),
+        ("dispatch", ("poll_interval_s", "first_retry_s", "max_retry_s", "timeout_s")),
+    ):
+        for key in keys:
+            value = getattr(getattr(config, section), key)
+            if value <= 0:
+                raise ConfigError(f"{section}.{key}: must be greater than 0, got {value}")
+    if config.dispatch.max_attempts < 1:
+        raise ConfigError(
+            f"dispatch.max_attempts: must be at least 1, got {config.dispatch.max_attempts}"
+        )
 
 
 def _validate_model(model: ModelConfig) -> None:

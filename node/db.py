@@ -169,6 +169,11 @@ class IngestRejection(Base):
     reason: Mapped[str] = mapped_column(Text)
 
 
+def safe_url(url: str) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def make_engine(url: str, *, readonly: bool = False) -> Engine:
     """An engine for ``url``; SQLite gets WAL, full sync, a busy timeout and immediate writes."""
     parsed = make_url(url)

@@ -33,7 +33,14 @@ import torch
 from node.cards import ModelCard, load_card, load_weights
 from node.config import ModelConfig
 from node.errors import CheckpointError, UndecodableImage
-from node.imaging import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, MAX_PIXELS, dicom_file_to_tensor
+from node.imaging import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INPUT_SIZE,
+    MAX_PIXELS,
+    dicom_file_to_inputs,
+    dicom_file_to_tensor,
+)
 from node.model import MuraDenseNet
 
 log = logging.getLogger(__name__)
@@ -239,9 +246,11 @@ class InferenceEngine:
         }
 
 
-def _load_one(args: tuple[str, int, int]) -> torch.Tensor | UndecodableImage:
-    path, size, max_pixels = args
+def _load_one(args: tuple[str, int, int, int]) -> Any:
+    path, size, max_pixels, display_side = args
     try:
+        if display_side:
+            return dicom_file_to_inputs(Path(path), size, max_pixels, display_side)
         return dicom_file_to_tensor(Path(path), size, max_pixels)
     except UndecodableImage as exc:
         return exc
@@ -273,7 +282,15 @@ class DicomPreprocessor:
             list(self.pool.map(_ready, range(workers)))
 
     def map(self, paths: Sequence[Path]) -> list[torch.Tensor | UndecodableImage]:
-        jobs = [(str(p), self.size, self.max_pixels) for p in paths]
+        return self._run([(str(p), self.size, self.max_pixels, 0) for p in paths])
+
+    def map_with_display(
+        self, paths: Sequence[Path], display_side: int = 1024
+    ) -> list[tuple[torch.Tensor, np.ndarray] | UndecodableImage]:
+        """Model inputs and display images (longest side <= display_side) from one decode each."""
+        return self._run([(str(p), self.size, self.max_pixels, display_side) for p in paths])
+
+    def _run(self, jobs: list[tuple[str, int, int, int]]) -> list[Any]:
         if self.pool is None:
             return [_load_one(job) for job in jobs]
         return list(self.pool.map(_load_one, jobs))

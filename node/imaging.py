@@ -174,3 +174,26 @@ def dicom_file_to_tensor(
 def png_file_to_tensor(path: Path, size: int = INPUT_SIZE) -> torch.Tensor:
     """The training path: a MURA PNG to model input."""
     return unit_to_tensor(png_to_unit(path), size)
+
+
+def display_image(unit: np.ndarray, max_side: int) -> np.ndarray:
+    """Display values scaled down (never up) so the longest side is at most ``max_side``."""
+    height, width = unit.shape[:2]
+    scale = min(1.0, max_side / max(height, width))
+    if scale == 1.0:
+        return unit
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    tensor = torch.from_numpy(np.ascontiguousarray(unit, dtype=np.float32))
+    tensor = tensor[None, None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)[None]
+    small = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=True)[
+        0
+    ]
+    return (small[0] if unit.ndim == 2 else small.permute(1, 2, 0)).clamp(0, 1).numpy()
+
+
+def dicom_file_to_inputs(
+    path: Path, size: int = INPUT_SIZE, max_pixels: int = MAX_PIXELS, display_side: int = 1024
+) -> tuple[torch.Tensor, np.ndarray]:
+    """One decode, two outputs: the model input and the display image for the heatmap."""
+    unit = dicom_to_unit(read_dicom(path), max_pixels)
+    return unit_to_tensor(unit, size), display_image(unit, display_side)

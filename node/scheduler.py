@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -26,7 +27,9 @@ class CompletionScheduler:
         policy: CompletionPolicy,
         vocabulary: Vocabulary,
         interval_s: float,
+        reclaim: Callable[[], int] | None = None,
     ) -> None:
+        self.reclaim = reclaim
         self.repository = repository
         self.policy = policy
         self.vocabulary = vocabulary
@@ -36,6 +39,10 @@ class CompletionScheduler:
     def tick(self) -> list[CompletionOutcome]:
         """One completion pass; safe to run from several processes at once."""
         try:
+            if self.reclaim is not None and (reclaimed := self.reclaim()):
+                log.warning(
+                    "%d study(ies) whose worker stopped answering went back to READY", reclaimed
+                )
             outcomes = self.repository.complete_studies(self.policy, self.vocabulary)
         except Exception:
             log.exception("completion tick failed; the next tick tries again")

@@ -1,26 +1,34 @@
-"""`mura-node serve`: the SCP and the completion scheduler in one process, stopped by a signal.
+"""`mura-node serve`: SCP and completion scheduler in this process, worker(s) and dispatcher in
+child processes (inference holds the CPU; the SCP must keep answering). They share nothing but the
+database and the data directory.
 
-Start-up order: data directory, database schema (migrated to this version), then the scheduler
-and the SCP. Shutdown order: stop accepting associations, let open ones finish within the grace
-period, then stop the scheduler. Later stages (inference worker, dispatcher) attach here.
+Start-up order: data directory, database schema (migrated to this version), model check, then the
+scheduler, the SCP and the child processes. Shutdown order: stop accepting associations, let open
+ones finish within the grace period, tell the children to stop (a worker finishes its study, the
+dispatcher its round) and wait for them within the grace period, then stop the scheduler.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import signal
 import tempfile
 import threading
+import time
+from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from node import __version__
 from node.completion import CompletionPolicy
-from node.config import Config
-from node.db import make_engine, upgrade_database
-from node.errors import DatabaseUnavailable
+from node.config import Config, ModelConfig
+from node.db import make_engine, safe_url, upgrade_database
+from node.errors import CheckpointError, DatabaseUnavailable
+from node.processing import ProcessingRepository
 from node.profiles import load_storage_profile, load_vocabulary
 from node.repository import Clock, Repository, utcnow
 from node.scheduler import CompletionScheduler
@@ -28,10 +36,6 @@ from node.scp import StoreHandler, StoreSCP
 from node.storage import FileStore
 
 log = logging.getLogger(__name__)
-
-
-def safe_url(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
 
 
 class Node:
@@ -59,13 +63,34 @@ class Node:
         policy = CompletionPolicy.from_seconds(
             config.completion.quiet_period_s, config.completion.force_complete_s
         )
+        self.processing = ProcessingRepository(self.engine, clock)
         self.scheduler = CompletionScheduler(
-            self.repository, policy, vocabulary, config.completion.tick_interval_s
+            self.repository,
+            policy,
+            vocabulary,
+            config.completion.tick_interval_s,
+            reclaim=self.processing.reclaim_expired,
         )
+        if config.worker.processes > 0:
+            check_model(config.model)
+        self.context = multiprocessing.get_context("spawn")
+        self.children_stop = self.context.Event()
+        self.children: list[BaseProcess] = []
 
-    def start(self) -> None:
+    def start(self, children: bool = True) -> None:
         self.scheduler.start()
         self.scp.start()
+        if children:
+            roles = ["worker"] * self.config.worker.processes + ["dispatcher"]
+            for index, role in enumerate(roles):
+                process = self.context.Process(
+                    target=run_child,
+                    args=(role, self.config, self.children_stop),
+                    name=f"mura-node-{role}-{index}",
+                    daemon=False,
+                )
+                process.start()
+                self.children.append(process)
         dicom = self.config.dicom
         log.info(
             "mura-node %s receiving as %s on %s:%d; data in %s; database %s",
@@ -78,9 +103,12 @@ class Node:
         )
         log.info(
             "studies are complete after %.0f s without arrivals (at most %.0f s after opening); "
-            "this version has no inference worker yet: complete studies wait in READY",
+            "%d inference worker process(es); results go to %s",
             self.config.completion.quiet_period_s,
             self.config.completion.force_complete_s,
+            self.config.worker.processes,
+            ", ".join(d.name for d in self.config.destinations)
+            or "no destination (kept in the data directory)",
         )
 
     def stop(self) -> None:
@@ -89,10 +117,52 @@ class Node:
         aborted = self.scp.stop(grace)
         if aborted:
             log.warning("aborted %d association(s) still open after the grace period", aborted)
+        self.children_stop.set()
+        deadline = time.monotonic() + grace
+        for process in self.children:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.warning("%s did not stop within the grace period; terminating it", process.name)
+                process.terminate()
+                process.join(10)
         self.handler.close()
         self.scheduler.stop()
         self.engine.dispose()
         log.info("stopped")
+
+
+def check_model(model: ModelConfig) -> None:
+    """Fail at start, with a clear message, when the workers could not load the model."""
+    if not model.cards and not model.allow_untrained:
+        raise CheckpointError(
+            "no model configured: set model.cards to one or more model card files "
+            "(see models/README.md), model.allow_untrained = true to run without weights, "
+            "or worker.processes = 0 for a node that only receives"
+        )
+    from node.cards import load_card, load_weights
+
+    for card in model.cards:
+        load_weights(load_card(Path(card)))
+
+
+def run_child(role: str, config: Config, stop: Any) -> None:
+    """A worker or dispatcher process: logs like the parent, stops when ``stop`` is set."""
+    logging.basicConfig(
+        level=config.service.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    for noisy in ("pynetdicom", "apscheduler", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if role == "worker":
+        from node.worker import run_worker_process
+
+        run_worker_process(config, stop)
+    else:
+        from node.dispatch import run_dispatcher_process
+
+        run_dispatcher_process(config, stop)
 
 
 def serve(config: Config) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Engine, case, func, select
 from sqlalchemy.orm import Session
 
-from node.db import IngestRejection, Instance, Study, StudyState
+from node.db import Dispatch, IngestRejection, Instance, Result, Study, StudyState
 from node.profiles import Role
 from node.scheduler import short_uid
 
@@ -89,8 +89,34 @@ def collect_status(engine: Engine, now: datetime, limit: int = 20) -> dict[str, 
             .order_by(IngestRejection.at.desc())
             .limit(limit)
         ).all()
+        deliveries = {state: 0 for state in ("PENDING", "SENDING", "RETRY", "SENT", "DEAD")}
+        for state, count in session.execute(
+            select(Dispatch.state, func.count()).group_by(Dispatch.state)
+        ):
+            deliveries[state] = int(count)
+        dead = session.execute(
+            select(Dispatch, Result.kind, Study.study_instance_uid)
+            .join(Result, Result.id == Dispatch.result_id)
+            .join(Study, Study.id == Result.study_id)
+            .where(Dispatch.state == "DEAD")
+            .order_by(Dispatch.updated_at.desc())
+            .limit(limit)
+        ).all()
         return {
             "generated_at": _iso(now),
+            "deliveries": deliveries,
+            "dead_letters": [
+                {
+                    "study": short_uid(uid),
+                    "study_instance_uid": uid,
+                    "object": kind,
+                    "destination": d.destination,
+                    "attempts": d.attempts,
+                    "last_error": d.last_error,
+                    "since": _iso(d.updated_at),
+                }
+                for d, kind, uid in dead
+            ],
             "studies_by_state": counts,
             "instances": {"stored": int(stored), "ignored": int(ignored)},
             "oldest_waiting": None
@@ -197,6 +223,27 @@ def render_status(report: dict[str, Any], database: str) -> str:
     lines += _study_table(report["recent_studies"]) if report["recent_studies"] else ["  none yet"]
     lines += ["", "Failed studies"]
     lines += _study_table(report["failed_studies"]) if report["failed_studies"] else ["  none"]
+    deliveries = report["deliveries"]
+    lines += [
+        "",
+        "Deliveries: " + ", ".join(f"{n} {state.lower()}" for state, n in deliveries.items()),
+    ]
+    if report["dead_letters"]:
+        lines.append("Dead letters (re-queue with `mura-node retry`):")
+        lines += _table(
+            ["STUDY", "OBJECT", "DESTINATION", "ATTEMPTS", "SINCE (UTC)", "LAST ERROR"],
+            [
+                [
+                    d["study"],
+                    d["object"],
+                    d["destination"],
+                    str(d["attempts"]),
+                    _clock(d["since"]),
+                    d["last_error"] or "",
+                ]
+                for d in report["dead_letters"]
+            ],
+        )
     rejected = report["rejected_last_24h"]
     lines += ["", f"Refused C-STOREs in the last 24 h: {rejected['count']}"]
     if rejected["recent"]:

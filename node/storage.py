@@ -4,6 +4,7 @@ Layout under the data directory::
 
     tmp/                      partial copies (<random>.part); emptied at start
     instances/ab/<random>.dcm one file per received version of an instance
+    results/ab/<random>.dcm   the node's SRs and heatmap SCs
 
 File names are random UUIDs chosen by the node, never a string a peer sent, so a hostile
 SOPInstanceUID cannot choose where a file lands.
@@ -24,6 +25,8 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+
+from pydicom.dataset import Dataset
 
 from node.errors import OutOfResources
 
@@ -51,10 +54,11 @@ class FileStore:
         self.root = data_dir.resolve()
         self.tmp = self.root / "tmp"
         self.instances = self.root / "instances"
+        self.results = self.root / "results"
 
     def prepare(self) -> None:
         """Create the layout (owner-only permissions) and remove temporary files of a crashed run."""
-        for directory in (self.root, self.tmp, self.instances):
+        for directory in (self.root, self.tmp, self.instances, self.results):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         for leftover in self.tmp.iterdir():
             if leftover.is_file():
@@ -102,6 +106,29 @@ class FileStore:
             os.replace(partial, final)
         finally:
             partial.unlink(missing_ok=True)
+
+    def write_result(self, dataset: Dataset) -> str:
+        """Write a result object durably as results/<xx>/<random>.dcm; return the relative path."""
+        name = uuid.uuid4().hex
+        relative = f"results/{name[:2]}/{name}.dcm"
+        final = self.path_of(relative)
+        partial = self.tmp / f"{name}.part"
+        try:
+            shard = final.parent
+            if not shard.is_dir():
+                shard.mkdir(mode=0o700, exist_ok=True)
+                fsync_directory(self.results)
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                dataset.save_as(out, enforce_file_format=True)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(partial, final)
+            fsync_directory(shard)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise OutOfResources(f"cannot store result: {exc.strerror or exc}") from exc
+        return relative
 
     def same_content(self, relative: str | None, other: Path) -> bool:
         """Whether a stored file holds exactly the bytes of ``other``."""

@@ -20,6 +20,7 @@ from node.config import (
     DicomConfig,
     ServiceConfig,
     StorageConfig,
+    WorkerConfig,
 )
 from node.profiles import StorageProfile, Vocabulary, load_storage_profile, load_vocabulary
 from node.repository import Clock, utcnow
@@ -82,6 +83,7 @@ def node_config(tmp_path: Path, **sections: Any) -> Config:
             quiet_period_s=3600, force_complete_s=7200, tick_interval_s=3600
         ),
         service=ServiceConfig(grace_period_s=5),
+        worker=WorkerConfig(processes=0),
     )
     for name, values in sections.items():
         config = replace(config, **{name: replace(getattr(config, name), **values)})
@@ -94,7 +96,7 @@ def make_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
 
     def factory(clock: Clock = utcnow, **sections: Any) -> Node:
         node = Node(node_config(tmp_path, **sections), clock=clock)
-        node.start()
+        node.start(children=False)
         started.append(node)
         return node
 

@@ -120,3 +120,11 @@ def storescu(
     return subprocess.run(
         [*command, *map(str, files)], capture_output=True, text=True, env=dcmtk_env(), timeout=300
     )
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The Error lines dicom3tools' dciodvfy prints for a file (warnings are not errors)."""
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [
+        line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")
+    ]

@@ -62,11 +62,13 @@ port = {self.port}
 [storage]
 data_dir = "{tmp_path / "data"}"
 [completion]
-quiet_period_s = 1.0
+quiet_period_s = 3.0
 force_complete_s = 600.0
 tick_interval_s = 0.2
 [service]
 grace_period_s = 20.0
+[worker]
+processes = 0
 """
         )
         self.cwd = tmp_path
@@ -89,6 +91,7 @@ grace_period_s = 20.0
             text=True,
             cwd=self.cwd,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # its worker and dispatcher processes share its group
         )
         wait_for(
             lambda: accepting(self.port) or self.process.poll() is not None, what="serve to listen"
@@ -114,7 +117,7 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
     node = Serve(tmp_path)
     yield node
     if node.process is not None:
-        node.process.kill()
+        os.killpg(node.process.pid, signal.SIGKILL)
         node.process.communicate()
 
 

@@ -38,7 +38,16 @@ def test_default_file_in_working_directory_is_read(
 def test_example_file_documents_every_key_with_its_default() -> None:
     example = tomllib.loads((ROOT / "config.example.toml").read_text())
     defaults = Config()
-    for section in ("dicom", "storage", "database", "completion", "service", "model"):
+    for section in (
+        "dicom",
+        "storage",
+        "database",
+        "completion",
+        "service",
+        "model",
+        "worker",
+        "dispatch",
+    ):
         documented = example[section]
         expected = getattr(defaults, section)
         assert set(documented) == set(expected.__dataclass_fields__), section

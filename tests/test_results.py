@@ -17,16 +17,9 @@ from node.imaging import dicom_to_unit
 from node.results.identity import AlgorithmInfo, NodeIdentity
 from node.results.sc import SC_SERIES_DESCRIPTION, build_sc, render_heatmap
 from node.results.sr import SR_SERIES_DESCRIPTION, UNTRAINED_TEXT, build_sr
-from tests.factory import PATIENT_ID, make_radiograph
+from tests.factory import PATIENT_ID, dciodvfy_errors, make_radiograph
 
 IDENTITY = NodeIdentity(device_uid=generate_uid(), ae_title="MURA_NODE")
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-    return [
-        line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")
-    ]
 
 
 def study(n: int = 3, body: str = "WRIST") -> list:

@@ -1,0 +1,196 @@
+"""The inference worker: claim a READY study, run the engine, write the SR and heatmaps, queue them.
+
+One study at a time per worker process (a study's images are one batch, cut at the engine's batch
+size); several workers, in ``serve`` or on other machines (`mura-node worker`), share the queue
+through the database. For each claimed study:
+
+1. its analysed images of its study type are decoded once each (in ``model.preprocess_workers``
+   processes when configured) into the model input and a display image;
+2. the engine gives the image and study probabilities and maps;
+3. the SR (naming the study's previous SR as predecessor, if any) and one heatmap SC per image are
+   written durably to ``results/``;
+4. one transaction records the results, a delivery per destination and object, and the new state
+   (DISPATCHING, or DONE without destinations), only if the claim is still ours.
+
+A study whose images cannot be decoded ends FAILED with the reason; any other error in one study
+ends that study FAILED too, and the worker goes on with the next.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from datetime import timedelta
+
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from node import __version__
+from node.config import Config
+from node.db import make_engine
+from node.engine import DicomPreprocessor, InferenceEngine
+from node.errors import UndecodableImage
+from node.processing import ProcessingRepository, ResultFile
+from node.repository import ClaimedStudy, Clock, Repository, utcnow
+from node.results.identity import AlgorithmInfo, NodeIdentity
+from node.results.sc import build_sc, render_heatmap
+from node.results.sr import build_sr
+from node.scheduler import short_uid
+from node.storage import FileStore
+
+log = logging.getLogger(__name__)
+
+ALGORITHM_NAME = "MURA DenseNet-169"
+
+
+def node_identity(config: Config) -> NodeIdentity:
+    """The node as a device: a UID that stays the same for the same AE title."""
+    return NodeIdentity(
+        device_uid=generate_uid(entropy_srcs=["mura-node device", config.dicom.ae_title]),
+        ae_title=config.dicom.ae_title,
+    )
+
+
+def algorithm_info(engine: InferenceEngine) -> AlgorithmInfo:
+    checkpoints = tuple(f"{c.name} {c.version} sha256:{c.sha256}" for c in engine.cards)
+    version = "+".join(c.version for c in engine.cards) or f"untrained-{__version__}"
+    return AlgorithmInfo(ALGORITHM_NAME, version, checkpoints, untrained=engine.untrained)
+
+
+class Worker:
+    def __init__(self, config: Config, engine: InferenceEngine, clock: Clock = utcnow) -> None:
+        self.config = config
+        self.engine = engine
+        self.store = FileStore(config.storage.data_dir)
+        self.db = make_engine(config.database_url)
+        self.queue = Repository(self.db, clock)
+        self.processing = ProcessingRepository(self.db, clock)
+        self.preprocessor = DicomPreprocessor(
+            workers=config.model.preprocess_workers,
+            size=engine.input_size,
+            max_pixels=config.model.max_image_pixels,
+        )
+        self.identity = node_identity(config)
+        self.algorithm = algorithm_info(engine)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+        self.lease = timedelta(seconds=config.worker.lease_s)
+
+    def run_once(self) -> bool:
+        """Process one READY study if there is one; say whether there was."""
+        claimed = self.queue.claim_ready_study(self.worker_id, self.lease)
+        if claimed is None:
+            return False
+        try:
+            self.process(claimed)
+        except Exception as exc:
+            log.exception("study %s failed", short_uid(claimed.study_instance_uid))
+            self.processing.fail(
+                claimed, self.worker_id, f"internal error: {exc.__class__.__name__}: {exc}"[:500]
+            )
+        return True
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            if not self.run_once():
+                stop.wait(self.config.worker.poll_interval_s)
+
+    def close(self) -> None:
+        self.preprocessor.close()
+        self.db.dispose()
+
+    def process(self, claimed: ClaimedStudy) -> None:
+        images = self.processing.images(claimed)
+        if not images:
+            self.processing.fail(claimed, self.worker_id, "no analysable image left in the study")
+            return
+        paths = [self.store.path_of(image.file_path) for image in images]
+        decoded = self.preprocessor.map_with_display(paths)
+        for index, item in enumerate(decoded):
+            if isinstance(item, UndecodableImage):
+                reason = f"image {index + 1} of {len(images)} cannot be used: {item}"
+                self.processing.fail(claimed, self.worker_id, reason[:500])
+                log.warning("study %s FAILED: %s", short_uid(claimed.study_instance_uid), reason)
+                return
+        inputs = [item[0] for item in decoded]  # type: ignore[index]
+        displays = [item[1] for item in decoded]  # type: ignore[index]
+        result = self.engine.predict_studies([(claimed.study_type, inputs)])[0]
+        sources = [dcmread(path, stop_before_pixels=True) for path in paths]
+        written: list[ResultFile] = []
+        try:
+            predecessor_path = self.processing.latest_report(claimed.study_id)
+            predecessor = (
+                dcmread(self.store.path_of(predecessor_path)) if predecessor_path else None
+            )
+            sr = build_sr(
+                sources,
+                result,
+                self.algorithm,
+                self.identity,
+                series_instance_uid=generate_uid(),
+                sop_instance_uid=generate_uid(),
+                predecessor=predecessor,
+            )
+            written.append(
+                ResultFile(
+                    "sr", str(sr.SOPClassUID), str(sr.SOPInstanceUID), self.store.write_result(sr)
+                )
+            )
+            series = generate_uid()
+            for index, (source, display, image) in enumerate(
+                zip(sources, displays, result.images, strict=True)
+            ):
+                sc = build_sc(
+                    source,
+                    render_heatmap(display, image.cam),
+                    self.identity,
+                    series_instance_uid=series,
+                    sop_instance_uid=generate_uid(),
+                    instance_number=index + 1,
+                    probability=image.probability,
+                    algorithm_name=self.algorithm.display_name,
+                )
+                written.append(
+                    ResultFile(
+                        "sc",
+                        str(sc.SOPClassUID),
+                        str(sc.SOPInstanceUID),
+                        self.store.write_result(sc),
+                    )
+                )
+            finding = "abnormal" if result.abnormal else "normal"
+            summary = (
+                f"{finding}: probability {result.probability:.3f} (threshold {result.threshold:g}), "
+                f"{len(images)} image{'s' if len(images) != 1 else ''}"
+                + (" [UNTRAINED MODEL]" if self.algorithm.untrained else "")
+            )
+            recorded = self.processing.finish(
+                claimed, self.worker_id, written, self.config.destinations, summary
+            )
+        except BaseException:
+            self._discard(written)
+            raise
+        if not recorded:
+            self._discard(written)
+            log.info(
+                "study %s changed while it was processed; it will be processed again",
+                short_uid(claimed.study_instance_uid),
+            )
+            return
+        log.info("study %s: %s", short_uid(claimed.study_instance_uid), summary)
+
+    def _discard(self, written: list[ResultFile]) -> None:
+        for item in written:
+            self.store.remove(item.file_path)
+
+
+def run_worker_process(config: Config, stop: threading.Event | None = None) -> None:
+    """Entry point of a worker process started by `serve` (or `mura-node worker`)."""
+    engine = InferenceEngine.from_config(config.model)
+    worker = Worker(config, engine)
+    stop = stop or threading.Event()
+    try:
+        worker.run(stop)
+    finally:
+        worker.close()

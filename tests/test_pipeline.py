@@ -1,0 +1,302 @@
+"""End to end with real peers: storescu -> node -> worker -> dispatcher -> a real Orthanc.
+
+The node runs in this process (its worker and dispatcher driven step by step, under a controlled
+clock); Orthanc runs as the PACS on loopback ports. Every object the node writes is checked with
+dciodvfy, and the SR with dsrdump.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from node.config import ModelConfig
+from node.db import Dispatch, Result, Study
+from node.dispatch import Dispatcher
+from node.engine import InferenceEngine
+from node.imaging import dicom_file_to_tensor
+from node.outbox import Outbox
+from node.service import Node
+from node.status import collect_status
+from node.worker import Worker
+from tests.conftest import FakeClock
+from tests.factory import dciodvfy_errors, make_radiograph, storescu, write, write_study
+from tests.orthanc import Orthanc
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine() -> InferenceEngine:
+    return InferenceEngine.from_config(ModelConfig(allow_untrained=True))
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    pacs = Orthanc(tmp_path / "orthanc")
+    pacs.start()
+    yield pacs
+    pacs.stop()
+
+
+class Pipeline:
+    def __init__(
+        self, node: Node, worker: Worker, dispatcher: Dispatcher, clock: FakeClock
+    ) -> None:
+        self.node, self.worker, self.dispatcher, self.clock = node, worker, dispatcher, clock
+
+    def complete(self) -> None:
+        self.clock.advance(3600)
+        self.node.scheduler.tick()
+
+    def study(self, uid: str) -> Study:
+        with Session(self.node.engine) as session:
+            return session.scalars(select(Study).where(Study.study_instance_uid == uid)).one()
+
+    def results(self, uid: str) -> list[Result]:
+        with Session(self.node.engine) as session:
+            return list(
+                session.scalars(
+                    select(Result)
+                    .join(Study)
+                    .where(Study.study_instance_uid == uid)
+                    .order_by(Result.id)
+                )
+            )
+
+    def dispatches(self) -> list[Dispatch]:
+        with Session(self.node.engine) as session:
+            return list(session.scalars(select(Dispatch).order_by(Dispatch.id)))
+
+
+@pytest.fixture
+def pipeline(
+    make_node: Callable[..., Node], engine: InferenceEngine, orthanc: Orthanc
+) -> Iterator[Pipeline]:
+    clock = FakeClock()
+    destination = {
+        "name": "pacs",
+        "ae_title": orthanc.ae_title,
+        "host": "127.0.0.1",
+        "port": orthanc.dicom_port,
+    }
+    node = make_node(clock=clock, dispatch={"max_attempts": 3, "first_retry_s": 30.0})
+    from dataclasses import replace
+
+    from node.config import Destination
+
+    config = replace(node.config, destinations=(Destination(**destination),))  # type: ignore[arg-type]
+    worker = Worker(config, engine, clock)
+    dispatcher = Dispatcher(config, clock)
+    yield Pipeline(node, worker, dispatcher, clock)
+    worker.close()
+    dispatcher.close()
+
+
+def test_study_to_sr_and_heatmaps_in_orthanc(
+    pipeline: Pipeline, orthanc: Orthanc, engine: InferenceEngine, tmp_path: Path
+) -> None:
+    files = write_study(tmp_path / "study", 3, body_part="WRIST", rows=96, columns=80)
+    study_uid = str(dcmread(files[0]).StudyInstanceUID)
+    assert storescu(pipeline.node.scp.port, files).returncode == 0
+    pipeline.complete()
+    assert pipeline.study(study_uid).state == "READY"
+    assert pipeline.worker.run_once()
+    study = pipeline.study(study_uid)
+    assert study.state == "DISPATCHING", study.reason
+    results = pipeline.results(study_uid)
+    assert [r.kind for r in results] == ["sr", "sc", "sc", "sc"]
+    for result in results:
+        assert dciodvfy_errors(pipeline.node.store.path_of(result.file_path)) == []
+    sr_path = pipeline.node.store.path_of(results[0].file_path)
+    assert subprocess.run(["dsrdump", str(sr_path)], capture_output=True).returncode == 0
+
+    assert pipeline.dispatcher.run_once() == 4
+    assert pipeline.study(study_uid).state == "DONE"
+    received = orthanc.instances()
+    assert sorted(i["SOPClassUID"] for i in received) == ["1.2.840.10008.5.1.4.1.1.7"] * 3 + [
+        "1.2.840.10008.5.1.4.1.1.88.33"
+    ]
+    assert {i["StudyInstanceUID"] for i in received} == {study_uid}
+    assert {d.state for d in pipeline.dispatches()} == {"SENT"}
+
+    # The SR that arrived says what the engine says about these images.
+    sr_id = next(
+        i
+        for i in orthanc.get("/instances")
+        if orthanc.get(f"/instances/{i}/simplified-tags")["Modality"] == "SR"
+    )
+    (tmp_path / "sr.dcm").write_bytes(orthanc.file(sr_id))
+    import highdicom as hd
+
+    report = hd.sr.ComprehensiveSR.from_dataset(dcmread(tmp_path / "sr.dcm"))
+    groups = list(report.content.get_image_measurement_groups())
+    tensors = [dicom_file_to_tensor(path) for path in files]
+    expected = engine.predict_studies([("wrist", tensors)])[0]
+    values = [g.get_measurements()[0].value for g in groups]
+    np.testing.assert_allclose(
+        values, [expected.probability, *[i.probability for i in expected.images]], atol=1e-5
+    )
+    assert groups[0].finding_type.meaning == ("Abnormal" if expected.abnormal else "Normal")
+    assert {g.source_images[0].referenced_sop_instance_uid for g in groups[1:]} == {
+        str(dcmread(f).SOPInstanceUID) for f in files
+    }
+
+
+def test_chest_study_is_ignored_and_nothing_is_sent(
+    pipeline: Pipeline, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    files = write_study(tmp_path / "chest", 2, body_part="CHEST")
+    assert storescu(pipeline.node.scp.port, files).returncode == 0
+    pipeline.complete()
+    assert pipeline.study(str(dcmread(files[0]).StudyInstanceUID)).state == "IGNORED"
+    assert not pipeline.worker.run_once()
+    assert pipeline.dispatcher.run_once() == 0
+    assert orthanc.get("/instances") == []
+
+
+def test_undecodable_image_fails_the_study_with_a_reason(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    ds = make_radiograph(body_part="HAND", rows=64, columns=64)
+    ds.PixelData = ds.PixelData[:50]  # stored as received; decoding finds it short
+    write(ds, tmp_path / "short.dcm")
+    assert storescu(pipeline.node.scp.port, [tmp_path / "short.dcm"]).returncode == 0
+    pipeline.complete()
+    assert pipeline.worker.run_once()
+    study = pipeline.study(str(ds.StudyInstanceUID))
+    assert study.state == "FAILED"
+    assert study.reason.startswith("image 1 of 1 cannot be used: cannot decode pixel data")
+    report = collect_status(pipeline.node.engine, pipeline.clock())
+    assert report["failed_studies"][0]["reason"] == study.reason
+
+
+def test_destination_down_then_back_gets_everything_once(
+    pipeline: Pipeline, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    files = write_study(tmp_path / "study", 2, body_part="ELBOW", rows=64, columns=64)
+    study_uid = str(dcmread(files[0]).StudyInstanceUID)
+    assert storescu(pipeline.node.scp.port, files).returncode == 0
+    pipeline.complete()
+    assert pipeline.worker.run_once()
+    orthanc.stop()
+    assert pipeline.dispatcher.run_once() == 3
+    assert {(d.state, d.attempts) for d in pipeline.dispatches()} == {("RETRY", 1)}
+    assert pipeline.dispatcher.run_once() == 0  # backing off: nothing is due yet
+    pipeline.clock.advance(31)
+    assert pipeline.dispatcher.run_once() == 3
+    pipeline.clock.advance(61)
+    pipeline.dispatcher.run_once()
+    assert {d.state for d in pipeline.dispatches()} == {"DEAD"}  # max_attempts = 3
+    report = collect_status(pipeline.node.engine, pipeline.clock())
+    assert report["deliveries"]["DEAD"] == 3 and len(report["dead_letters"]) == 3
+    assert pipeline.study(study_uid).state == "DISPATCHING"
+
+    orthanc.start()
+    assert Outbox(pipeline.node.engine, pipeline.clock).retry_dead() == 3
+    assert pipeline.dispatcher.run_once() == 3
+    assert {d.state for d in pipeline.dispatches()} == {"SENT"}
+    assert pipeline.dispatcher.run_once() == 0  # nothing goes twice
+    assert len(orthanc.get("/instances")) == 3
+    assert pipeline.study(study_uid).state == "DONE"
+
+
+def test_late_instance_gives_a_second_sr_naming_the_first(
+    pipeline: Pipeline, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    study_uid = generate_uid()
+    first = write_study(
+        tmp_path / "a", 2, study_uid=study_uid, body_part="HAND", rows=64, columns=64
+    )
+    assert storescu(pipeline.node.scp.port, first).returncode == 0
+    pipeline.complete()
+    assert pipeline.worker.run_once()
+    pipeline.dispatcher.run_once()
+    late = write(
+        make_radiograph(study_uid=study_uid, body_part="HAND", rows=64, columns=64, seed=7),
+        tmp_path / "late.dcm",
+    )
+    assert storescu(pipeline.node.scp.port, [late]).returncode == 0
+    assert pipeline.study(study_uid).state == "RECEIVING"
+    pipeline.complete()
+    assert pipeline.worker.run_once()
+    pipeline.dispatcher.run_once()
+    reports = [r for r in pipeline.results(study_uid) if r.kind == "sr"]
+    assert len(reports) == 2
+    second = dcmread(pipeline.node.store.path_of(reports[1].file_path))
+    named = (
+        second.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    )
+    assert named.ReferencedSOPInstanceUID == reports[0].sop_instance_uid
+    assert dciodvfy_errors(pipeline.node.store.path_of(reports[1].file_path)) == []
+    in_orthanc = [i for i in orthanc.instances() if i["Modality"] == "SR"]
+    assert len(in_orthanc) == 2
+
+
+def test_serve_end_to_end_with_worker_and_dispatcher_processes(
+    orthanc: Orthanc, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import sys
+    import time
+
+    from tests.factory import free_port
+
+    port = free_port()
+    config = tmp_path / "mura-node.toml"
+    config.write_text(
+        f"""
+[dicom]
+host = "127.0.0.1"
+port = {port}
+[storage]
+data_dir = "{tmp_path / "data"}"
+[completion]
+quiet_period_s = 1.0
+tick_interval_s = 0.2
+[model]
+allow_untrained = true
+[dispatch]
+poll_interval_s = 0.2
+[[destinations]]
+name = "orthanc"
+ae_title = "{orthanc.ae_title}"
+host = "127.0.0.1"
+port = {orthanc.dicom_port}
+"""
+    )
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "node", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        files = write_study(tmp_path / "study", 3, body_part="FINGER", rows=80, columns=64)
+        while storescu(port, files).returncode != 0:
+            assert time.monotonic() < deadline and serve.poll() is None, "serve did not start"
+            time.sleep(0.5)
+        while len(orthanc.get("/instances")) < 4:
+            assert time.monotonic() < deadline and serve.poll() is None, "results did not arrive"
+            time.sleep(0.5)
+        classes = sorted(i["SOPClassUID"] for i in orthanc.instances())
+        assert classes == ["1.2.840.10008.5.1.4.1.1.7"] * 3 + ["1.2.840.10008.5.1.4.1.1.88.33"]
+        serve.send_signal(signal.SIGTERM)
+        output, _ = serve.communicate(timeout=90)
+        assert serve.returncode == 0, output
+        assert "UNTRAINED" in output and "Traceback" not in output
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.communicate()

@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--limit", type=int, default=20, help="how many recent studies to list (default 20)"
     )
+    demo = commands.add_parser(
+        "demo",
+        parents=[common],
+        help="run the whole pipeline on a generated study, in about a minute",
+    )
+    demo.add_argument("--dir", type=Path, help="working folder (default: a new temporary folder)")
     commands.add_parser(
         "worker", parents=[common], help="run an inference worker only (e.g. on a GPU machine)"
     )
@@ -93,6 +99,7 @@ def _configure_logging(level: str) -> None:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 
 def _fail(message: str, status: int) -> int:
@@ -124,6 +131,10 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         from node.service import serve
 
         return serve(config)
+    if args.command == "demo":
+        from node.demo import run_demo
+
+        return run_demo(config, args.dir)
     if args.command == "worker":
         from node.service import check_model
         from node.worker import run_worker_process

@@ -151,7 +151,7 @@ def run_child(role: str, config: Config, stop: Any) -> None:
         level=config.service.log_level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
-    for noisy in ("pynetdicom", "apscheduler", "alembic"):
+    for noisy in ("pynetdicom", "apscheduler", "alembic", "highdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -1,0 +1,223 @@
+"""`mura-node demo`: the whole pipeline on this machine in about a minute, nothing to configure.
+
+It starts a node (SCP, scheduler, a worker process and the dispatcher) on a free loopback port
+with a temporary data directory and the embedded database, and a small result receiver standing in
+for the PACS. It sends a generated three-view hand study (pynetdicom as the modality), waits for the
+SR and the heatmaps to arrive at the receiver, prints what they say and where they are, and writes
+PNG previews of the heatmaps. The model is the one configured (model.cards), else the untrained
+network, and the summary says so plainly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+from node.config import (
+    CompletionConfig,
+    Config,
+    Destination,
+    DicomConfig,
+    DispatchConfig,
+    StorageConfig,
+)
+from node.service import Node
+
+RECEIVER_AE = "DEMO_PACS"
+VIEWS = ("PA", "OBLIQUE", "LATERAL")
+
+
+def synthetic_hand(view: str, seed: int, rows: int = 480, columns: int = 384) -> np.ndarray:
+    """A 12-bit radiograph-like image: soft tissue and five finger-like bones over noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:columns].astype(np.float32)
+    image = 300 + rng.normal(0, 20, (rows, columns)).astype(np.float32)
+    palm = ((x - columns / 2) / (columns * 0.33)) ** 2 + ((y - rows * 0.68) / (rows * 0.3)) ** 2 < 1
+    image[palm] += 900
+    spread = {"PA": 1.0, "OBLIQUE": 0.7, "LATERAL": 0.25}[view]
+    for index in range(5):
+        cx = columns / 2 + (index - 2) * columns * 0.12 * spread
+        bone = (
+            (np.abs(x - cx) < columns * 0.025)
+            & (y > rows * 0.1 + (index % 3) * 12)
+            & (y < rows * 0.75)
+        )
+        image[bone] += 1700
+    return np.clip(image, 0, 4095).astype(np.uint16)
+
+
+def demo_study() -> list[Dataset]:
+    study_uid, series_uid = generate_uid(), generate_uid()
+    datasets = []
+    for number, view in enumerate(VIEWS, start=1):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+        ds.SOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
+            "Demo^Patient",
+            "DEMO-0001",
+            "",
+            "O",
+        )
+        ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20260101", "120000", "", "1"
+        ds.ReferringPhysicianName = ""
+        ds.Modality, ds.BodyPartExamined, ds.StudyDescription = "CR", "HAND", "XR HAND 3 VIEWS"
+        ds.SeriesDescription, ds.ViewPosition, ds.SeriesNumber, ds.InstanceNumber = (
+            f"HAND {view}",
+            "",
+            1,
+            number,
+        )
+        ds.PatientOrientation = ["L", "F"]
+        ds.ImagerPixelSpacing = [0.15, 0.15]
+        pixels = synthetic_hand(view, seed=number)
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = pixels.tobytes()
+        datasets.append(ds)
+    return datasets
+
+
+class Receiver:
+    """A minimal Storage SCP that keeps what the node sends (the PACS of the demo)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.received: list[Path] = []
+        self.lock = threading.Lock()
+        ae = AE(ae_title=RECEIVER_AE)
+        ae.supported_contexts = AllStoragePresentationContexts
+        server = ae.start_server(
+            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
+        assert server is not None  # block=False always returns the server
+        self.server = server
+        self.port = int(server.server_address[1])
+
+    def _store(self, event: evt.Event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        kind = "sr" if ds.Modality == "SR" else "heatmap"
+        with self.lock:
+            path = self.directory / f"{kind}-{len(self.received) + 1}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            self.received.append(path)
+        return 0x0000
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def run_demo(base: Config, directory: Path | None = None, timeout_s: float = 300.0) -> int:
+    root = directory or Path(tempfile.mkdtemp(prefix="mura-node-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    receiver = Receiver(root / "pacs")
+    model = (
+        base.model if base.model.cards else dataclasses.replace(base.model, allow_untrained=True)
+    )
+    config = dataclasses.replace(
+        base,
+        dicom=DicomConfig(host="127.0.0.1", port=_free_port()),
+        storage=StorageConfig(data_dir=root / "node"),
+        completion=CompletionConfig(quiet_period_s=2.0, force_complete_s=60.0, tick_interval_s=0.5),
+        dispatch=DispatchConfig(poll_interval_s=0.5),
+        model=model,
+        destinations=(Destination("demo-pacs", RECEIVER_AE, "127.0.0.1", receiver.port),),
+    )
+    print(f"mura-node demo: working in {root}")
+    print("  starting a node, a worker process and a result receiver standing in for the PACS ...")
+    node = Node(config)
+    try:
+        node.start()
+        study = demo_study()
+        _send(study, config.dicom.port, config.dicom.ae_title)
+        print(
+            f"  sent a 3-view hand study ({len(study)} CR images) to {config.dicom.ae_title} on port {config.dicom.port}"
+        )
+        print("  waiting for the study to complete and its results to arrive ...")
+        deadline = time.monotonic() + timeout_s
+        while len(receiver.received) < 1 + len(study):
+            if time.monotonic() > deadline:
+                print("mura-node demo: the results did not arrive in time; see the log above")
+                return 1
+            time.sleep(0.5)
+    finally:
+        node.stop()
+        receiver.stop()
+    _summarise(receiver.received, root, untrained=not base.model.cards)
+    return 0
+
+
+def _send(datasets: list[Dataset], port: int, ae_title: str) -> None:
+    ae = AE(ae_title="DEMO_MODALITY")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1", ExplicitVRLittleEndian)
+    for _ in range(60):  # the node's port opens within a second or two
+        assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
+        if assoc.is_established:
+            break
+        time.sleep(0.5)
+    else:
+        raise RuntimeError("the demo node did not accept an association")
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            if status.Status != 0:
+                raise RuntimeError(f"the node refused an image: 0x{status.Status:04X}")
+    finally:
+        assoc.release()
+
+
+def _summarise(received: list[Path], root: Path, untrained: bool) -> None:
+    import highdicom as hd
+    from PIL import Image
+
+    sr_path = next(p for p in received if p.name.startswith("sr"))
+    report = hd.sr.ComprehensiveSR.from_dataset(dcmread(sr_path))
+    groups = list(report.content.get_image_measurement_groups())  # type: ignore[attr-defined]
+    study_group, image_groups = groups[0], groups[1:]
+    probability = study_group.get_measurements()[0].value
+    site = study_group.finding_sites[0].value.meaning if study_group.finding_sites else "unknown"
+    print()
+    if untrained:
+        print(
+            "  !! The model is UNTRAINED (no model card configured): these numbers come from random"
+        )
+        print("  !! weights and mean nothing. See models/README.md to install trained weights.")
+    print(f"  study type      : {site}")
+    print(
+        f"  finding         : {study_group.finding_type.meaning} (study probability {float(probability):.3f})"
+    )
+    for index, group in enumerate(image_groups, start=1):
+        print(
+            f"  image {index} ({VIEWS[index - 1].lower():<8}): probability {float(group.get_measurements()[0].value):.3f}"
+        )
+    previews = root / "previews"
+    previews.mkdir(exist_ok=True)
+    for path in sorted(p for p in received if p.name.startswith("heatmap")):
+        Image.fromarray(dcmread(path).pixel_array).save(previews / f"{path.stem}.png")
+    print(f"  SR              : {sr_path}")
+    print(f"  heatmaps (SC)   : {root / 'pacs'}/heatmap-*.dcm")
+    print(f"  previews (PNG)  : {previews}")
+    print(f"  node data       : {root / 'node'} (mura-node status --config ... reads its database)")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

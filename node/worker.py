@@ -22,17 +22,20 @@ import logging
 import os
 import socket
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 
+import numpy as np
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from node import __version__
 from node.config import Config
 from node.db import make_engine
-from node.engine import DicomPreprocessor, InferenceEngine
+from node.engine import DicomPreprocessor, InferenceEngine, StudyResult
 from node.errors import UndecodableImage
-from node.processing import ProcessingRepository, ResultFile
+from node.processing import ProcessingRepository, ResultFile, StudyImage
 from node.repository import ClaimedStudy, Clock, Repository, utcnow
 from node.results.identity import AlgorithmInfo, NodeIdentity
 from node.results.sc import build_sc, render_heatmap
@@ -76,29 +79,48 @@ class Worker:
         self.algorithm = algorithm_info(engine)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
         self.lease = timedelta(seconds=config.worker.lease_s)
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="results")
+        self.pending: Future[None] | None = None
 
     def run_once(self) -> bool:
-        """Process one READY study if there is one; say whether there was."""
+        """Start processing one READY study if there is one; say whether there was.
+
+        The study's results are written on the writer thread while this thread goes on with the
+        next study (the model releases the interpreter while it computes); ``drain`` waits for
+        them."""
         claimed = self.queue.claim_ready_study(self.worker_id, self.lease)
         if claimed is None:
+            self.drain()
             return False
         try:
             self.process(claimed)
         except Exception as exc:
-            log.exception("study %s failed", short_uid(claimed.study_instance_uid))
-            self.processing.fail(
-                claimed, self.worker_id, f"internal error: {exc.__class__.__name__}: {exc}"[:500]
-            )
+            self._internal_error(claimed, exc)
         return True
+
+    def drain(self) -> None:
+        """Wait until the results of every study started so far are recorded."""
+        if self.pending is not None:
+            self.pending.result()
+            self.pending = None
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             if not self.run_once():
                 stop.wait(self.config.worker.poll_interval_s)
+        self.drain()
 
     def close(self) -> None:
+        self.drain()
+        self.writer.shutdown(wait=True)
         self.preprocessor.close()
         self.db.dispose()
+
+    def _internal_error(self, claimed: ClaimedStudy, exc: BaseException) -> None:
+        log.error("study %s failed", short_uid(claimed.study_instance_uid), exc_info=exc)
+        self.processing.fail(
+            claimed, self.worker_id, f"internal error: {exc.__class__.__name__}: {exc}"[:500]
+        )
 
     def process(self, claimed: ClaimedStudy) -> None:
         images = self.processing.images(claimed)
@@ -116,6 +138,32 @@ class Worker:
         inputs = [item[0] for item in decoded]  # type: ignore[index]
         displays = [item[1] for item in decoded]  # type: ignore[index]
         result = self.engine.predict_studies([(claimed.study_type, inputs)])[0]
+        self.drain()  # at most one study's results in writing at a time
+        self.pending = self.writer.submit(
+            self._write_guarded, claimed, images, paths, displays, result
+        )
+
+    def _write_guarded(
+        self,
+        claimed: ClaimedStudy,
+        images: list[StudyImage],
+        paths: list[Path],
+        displays: list[np.ndarray],
+        result: StudyResult,
+    ) -> None:
+        try:
+            self._write(claimed, images, paths, displays, result)
+        except Exception as exc:
+            self._internal_error(claimed, exc)
+
+    def _write(
+        self,
+        claimed: ClaimedStudy,
+        images: list[StudyImage],
+        paths: list[Path],
+        displays: list[np.ndarray],
+        result: StudyResult,
+    ) -> None:
         sources = [dcmread(path, stop_before_pixels=True) for path in paths]
         written: list[ResultFile] = []
         try:

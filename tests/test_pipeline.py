@@ -53,6 +53,12 @@ class Pipeline:
     ) -> None:
         self.node, self.worker, self.dispatcher, self.clock = node, worker, dispatcher, clock
 
+    def process(self) -> bool:
+        """The worker takes one study and its results are recorded."""
+        started = self.worker.run_once()
+        self.worker.drain()
+        return started
+
     def complete(self) -> None:
         self.clock.advance(3600)
         self.node.scheduler.tick()
@@ -109,7 +115,7 @@ def test_study_to_sr_and_heatmaps_in_orthanc(
     assert storescu(pipeline.node.scp.port, files).returncode == 0
     pipeline.complete()
     assert pipeline.study(study_uid).state == "READY"
-    assert pipeline.worker.run_once()
+    assert pipeline.process()
     study = pipeline.study(study_uid)
     assert study.state == "DISPATCHING", study.reason
     results = pipeline.results(study_uid)
@@ -158,7 +164,7 @@ def test_chest_study_is_ignored_and_nothing_is_sent(
     assert storescu(pipeline.node.scp.port, files).returncode == 0
     pipeline.complete()
     assert pipeline.study(str(dcmread(files[0]).StudyInstanceUID)).state == "IGNORED"
-    assert not pipeline.worker.run_once()
+    assert not pipeline.process()
     assert pipeline.dispatcher.run_once() == 0
     assert orthanc.get("/instances") == []
 
@@ -171,7 +177,7 @@ def test_undecodable_image_fails_the_study_with_a_reason(
     write(ds, tmp_path / "short.dcm")
     assert storescu(pipeline.node.scp.port, [tmp_path / "short.dcm"]).returncode == 0
     pipeline.complete()
-    assert pipeline.worker.run_once()
+    assert pipeline.process()
     study = pipeline.study(str(ds.StudyInstanceUID))
     assert study.state == "FAILED"
     assert study.reason.startswith("image 1 of 1 cannot be used: cannot decode pixel data")
@@ -186,7 +192,7 @@ def test_destination_down_then_back_gets_everything_once(
     study_uid = str(dcmread(files[0]).StudyInstanceUID)
     assert storescu(pipeline.node.scp.port, files).returncode == 0
     pipeline.complete()
-    assert pipeline.worker.run_once()
+    assert pipeline.process()
     orthanc.stop()
     assert pipeline.dispatcher.run_once() == 3
     assert {(d.state, d.attempts) for d in pipeline.dispatches()} == {("RETRY", 1)}
@@ -218,7 +224,7 @@ def test_late_instance_gives_a_second_sr_naming_the_first(
     )
     assert storescu(pipeline.node.scp.port, first).returncode == 0
     pipeline.complete()
-    assert pipeline.worker.run_once()
+    assert pipeline.process()
     pipeline.dispatcher.run_once()
     late = write(
         make_radiograph(study_uid=study_uid, body_part="HAND", rows=64, columns=64, seed=7),
@@ -227,7 +233,7 @@ def test_late_instance_gives_a_second_sr_naming_the_first(
     assert storescu(pipeline.node.scp.port, [late]).returncode == 0
     assert pipeline.study(study_uid).state == "RECEIVING"
     pipeline.complete()
-    assert pipeline.worker.run_once()
+    assert pipeline.process()
     pipeline.dispatcher.run_once()
     reports = [r for r in pipeline.results(study_uid) if r.kind == "sr"]
     assert len(reports) == 2

@@ -79,7 +79,7 @@ def build_sr(
         finding_type=ABNORMAL if result.abnormal else NORMAL,
         algorithm_id=algorithm_id,
         finding_sites=site,
-        measurements=[_probability(result.probability, algorithm_id)],
+        measurements=[_probability(result.probability)],
         source_images=references,
     )
     image_groups = [
@@ -89,7 +89,7 @@ def build_sr(
             ),
             algorithm_id=algorithm_id,
             finding_sites=site,
-            measurements=[_probability(image.probability, algorithm_id)],
+            measurements=[_probability(image.probability)],
             source_images=[reference],
         )
         for index, (image, reference) in enumerate(zip(result.images, references, strict=True))
@@ -211,10 +211,9 @@ def _insert_before_measurements(report: hd.sr.MeasurementReport, item: Dataset) 
     content.append(item)
 
 
-def _probability(value: float, algorithm_id: hd.sr.AlgorithmIdentification) -> hd.sr.Measurement:
-    return hd.sr.Measurement(
-        name=PROBABILITY, value=round(float(value), 6), unit=NO_UNITS, algorithm_id=algorithm_id
-    )
+def _probability(value: float) -> hd.sr.Measurement:
+    """The probability; the group it belongs to names the algorithm (TID 1501)."""
+    return hd.sr.Measurement(name=PROBABILITY, value=round(float(value), 6), unit=NO_UNITS)
 
 
 def _add_comment(report: hd.sr.MeasurementReport, text: str) -> None:

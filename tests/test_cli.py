@@ -162,6 +162,9 @@ def test_serve_queue_status_and_restart(serve: Serve, tmp_path: Path) -> None:
     wait_for(ready, what="the re-opened study to become READY again")
     code, output = serve.stop(signal.SIGINT)
     assert code == 0, output
+    retried = serve.command("retry")
+    assert (retried.returncode, retried.stdout) == (0, "re-queued 0 dead-lettered deliveries\n")
+    assert "Deliveries: 0 pending" in serve.command("status").stdout
 
 
 def test_shutdown_lets_an_open_association_finish(serve: Serve, tmp_path: Path) -> None:

@@ -59,6 +59,39 @@ def _parser() -> argparse.ArgumentParser:
         help="run the whole pipeline on a generated study, in about a minute",
     )
     demo.add_argument("--dir", type=Path, help="working folder (default: a new temporary folder)")
+    training = commands.add_parser(
+        "train", parents=[common], help="train DenseNet-169 checkpoints with the MURA recipe"
+    )
+    training.add_argument("--data", type=Path, required=True, help="the MURA-v1.1 folder")
+    training.add_argument("--train-csv", type=Path, help="default: DATA/train_image_paths.csv")
+    training.add_argument("--valid-csv", type=Path, help="default: DATA/valid_image_paths.csv")
+    training.add_argument(
+        "--out", type=Path, required=True, help="output folder (resumes if it holds state.pt)"
+    )
+    training.add_argument("--epochs", type=int, default=10)
+    training.add_argument("--batch-size", type=int, default=8)
+    training.add_argument("--learning-rate", type=float, default=1e-4)
+    training.add_argument("--image-size", type=int, default=320)
+    training.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    training.add_argument("--seed", type=int, default=0)
+    training.add_argument(
+        "--imagenet", type=Path, help="local DenseNet-169 ImageNet weights (.pth)"
+    )
+    training.add_argument("--ensemble", type=int, default=5, help="best epochs to pack (default 5)")
+    training.add_argument("--device", default="auto")
+    assess = commands.add_parser(
+        "evaluate", parents=[common], help="study-level kappa, AUROC, sensitivity, specificity"
+    )
+    assess.add_argument(
+        "--split", type=Path, required=True, help="an image-paths CSV (MURA layout)"
+    )
+    assess.add_argument("--cards", nargs="+", required=True, help="model card files (an ensemble)")
+    assess.add_argument(
+        "--out", type=Path, required=True, help="folder for report.md and report.json"
+    )
+    assess.add_argument(
+        "--root", type=Path, help="where the CSV's paths start (default: its parent's parent)"
+    )
     commands.add_parser(
         "worker", parents=[common], help="run an inference worker only (e.g. on a GPU machine)"
     )
@@ -131,6 +164,35 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         from node.service import serve
 
         return serve(config)
+    if args.command == "train":
+        from node.training.recipe import TrainSettings, train
+
+        cards = train(
+            TrainSettings(
+                train_csv=args.train_csv or args.data / "train_image_paths.csv",
+                valid_csv=args.valid_csv or args.data / "valid_image_paths.csv",
+                out=args.out,
+                root=args.data.resolve().parent,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                learning_rate=args.learning_rate,
+                image_size=args.image_size,
+                workers=args.workers,
+                seed=args.seed,
+                imagenet=args.imagenet,
+                ensemble=args.ensemble,
+                device=args.device,
+            )
+        )
+        print("model cards:", *[str(c.path) for c in cards], sep="\n  ")
+        return 0
+    if args.command == "evaluate":
+        from node.training.evaluate import evaluate_split
+        from node.training.metrics import markdown_table
+
+        report = evaluate_split(args.cards, args.split, args.out, args.root)
+        print(markdown_table(report), end="")
+        return 0
     if args.command == "demo":
         from node.demo import run_demo
 

@@ -1,0 +1,1 @@
+"""Training and evaluation with the MURA recipe, on the same preprocessing and model as serving."""

@@ -1,0 +1,171 @@
+"""Training and evaluation on a small synthetic MURA-layout data set, on the CPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from node.cards import load_card, load_weights
+from node.training.data import (
+    ImageRecord,
+    loss_weights,
+    parse_image_path,
+    read_split,
+    read_study_labels,
+)
+from node.training.metrics import evaluate, score, study_predictions
+from node.training.recipe import TrainSettings, train
+from node.training.synthetic import make_dataset
+
+pytestmark = pytest.mark.slow
+
+
+def test_csv_reader_keeps_the_first_row(tmp_path: Path) -> None:
+    csv = tmp_path / "MURA-v1.1" / "valid_image_paths.csv"
+    csv.parent.mkdir()
+    csv.write_text(
+        "MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/image1.png\n"
+        "MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/image2.png\n"
+        "MURA-v1.1/valid/XR_HAND/patient11200/study2_negative/image1.png\n"
+    )
+    records = read_split(csv)
+    assert len(records) == 3
+    assert records[0] == ImageRecord(
+        tmp_path / "MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/image1.png",
+        "MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/",
+        "wrist",
+        1,
+    )
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/,1\nMURA-v1.1/valid/XR_HAND/patient11200/study2_negative/,0\n"
+    )
+    assert read_study_labels(labels) == {
+        "MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/": 1,
+        "MURA-v1.1/valid/XR_HAND/patient11200/study2_negative/": 0,
+    }
+    with pytest.raises(ValueError, match="not a MURA image path"):
+        parse_image_path("somewhere/else.png")
+
+
+def test_loss_weights_follow_the_formula() -> None:
+    def records(study_type: str, abnormal: int, normal: int) -> list[ImageRecord]:
+        return [ImageRecord(Path("x"), f"s{i}", study_type, 1) for i in range(abnormal)] + [
+            ImageRecord(Path("x"), f"t{i}", study_type, 0) for i in range(normal)
+        ]
+
+    # MURA's training image counts for two study types (abnormal of total).
+    weights = loss_weights(
+        records("wrist", 3987, 9752 - 3987) + records("humerus", 599, 1272 - 599)
+    )
+    assert weights["wrist"] == pytest.approx(((9752 - 3987) / 9752, 3987 / 9752))
+    assert weights["humerus"] == pytest.approx(((1272 - 599) / 1272, 599 / 1272))
+
+
+def test_metrics_on_a_known_confusion_matrix() -> None:
+    # 10 studies: tp 4, fn 1, tn 3, fp 2.
+    labels = [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]
+    probabilities = [0.9, 0.8, 0.7, 0.6, 0.2, 0.1, 0.2, 0.3, 0.7, 0.8]
+    result = score(labels, probabilities, 0.5)
+    assert result["confusion"] == {"tn": 3, "fp": 2, "fn": 1, "tp": 4}
+    observed, expected = 0.7, (6 * 5 + 4 * 5) / 100
+    assert result["kappa"] == pytest.approx((observed - expected) / (1 - expected))
+    assert result["sensitivity"] == pytest.approx(0.8) and result["specificity"] == pytest.approx(
+        0.6
+    )
+    assert result["auroc"] == pytest.approx(17.5 / 25)  # pairs ranked right, ties counting half
+    low, high = result["kappa_95ci"]
+    assert low < result["kappa"] < high
+
+
+def test_study_probability_is_the_mean_of_its_images() -> None:
+    records = [
+        ImageRecord(Path("a"), "s1/", "hand", 1),
+        ImageRecord(Path("b"), "s1/", "hand", 1),
+        ImageRecord(Path("c"), "s2/", "hand", 0),
+    ]
+    predictions = study_predictions(records, [0.2, 0.8, 0.1])
+    assert [(p.study, p.probability) for p in predictions] == [("s1/", 0.5), ("s2/", 0.1)]
+    assert evaluate(predictions, {"default": 0.45})["hand"]["confusion"] == {
+        "tn": 1,
+        "fp": 0,
+        "fn": 0,
+        "tp": 1,
+    }
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("synthetic"), studies_per_type=6, size=64)
+
+
+def test_training_learns_the_planted_signal_and_evaluates(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cards = train(
+        TrainSettings(
+            dataset / "train_image_paths.csv",
+            dataset / "valid_image_paths.csv",
+            out,
+            epochs=4,
+            image_size=64,
+            ensemble=2,
+        )
+    )
+    assert len(cards) == 2
+    for card in cards:
+        assert card.input_size == 64 and card.metrics["valid_loss"] >= 0
+        load_weights(card)  # the hash in the card matches the weights
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [entry["epoch"] for entry in log] == [1, 2, 3, 4]
+    assert sorted(e["valid_loss"] for e in log)[:2] == sorted(
+        c.metrics["valid_loss"] for c in cards
+    )
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "node",
+            "evaluate",
+            "--split",
+            str(dataset / "valid_image_paths.csv"),
+            "--cards",
+            *[str(c.path) for c in cards],
+            "--out",
+            str(tmp_path / "report"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report" / "report.json").read_text())["studies"]
+    assert report["overall"]["studies"] == 21
+    assert report["overall"]["kappa"] > 0.6  # chance is 0
+    assert report["overall"]["paper_kappa"] == 0.705
+    assert "| overall | 21 |" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_resume_continues_where_it_stopped(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    settings = TrainSettings(
+        dataset / "train_image_paths.csv",
+        dataset / "valid_image_paths.csv",
+        out,
+        epochs=1,
+        image_size=32,
+        ensemble=1,
+    )
+    train(settings)
+    first_state = (out / "epochs" / "epoch-001.safetensors").read_bytes()
+    from dataclasses import replace
+
+    cards = train(replace(settings, epochs=2))
+    log = [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log == [1, 2]
+    assert (out / "epochs" / "epoch-001.safetensors").read_bytes() == first_state  # not redone
+    assert load_card(cards[0].path).version in ("epoch001", "epoch002")

@@ -92,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     assess.add_argument(
         "--root", type=Path, help="where the CSV's paths start (default: its parent's parent)"
     )
+    assess.add_argument(
+        "--choose-thresholds-on",
+        type=Path,
+        metavar="CSV",
+        help="choose per-study-type thresholds on this (validation) split and write them into the cards",
+    )
     commands.add_parser(
         "worker", parents=[common], help="run an inference worker only (e.g. on a GPU machine)"
     )
@@ -190,7 +196,9 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         from node.training.evaluate import evaluate_split
         from node.training.metrics import markdown_table
 
-        report = evaluate_split(args.cards, args.split, args.out, args.root)
+        report = evaluate_split(
+            args.cards, args.split, args.out, args.root, threshold_split=args.choose_thresholds_on
+        )
         print(markdown_table(report), end="")
         return 0
     if args.command == "demo":

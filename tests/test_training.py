@@ -148,6 +148,88 @@ def test_training_learns_the_planted_signal_and_evaluates(dataset: Path, tmp_pat
     assert report["overall"]["kappa"] > 0.6  # chance is 0
     assert report["overall"]["paper_kappa"] == 0.705
     assert "| overall | 21 |" in (tmp_path / "report" / "report.md").read_text()
+    assert (tmp_path / "report" / "roc.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "calibration.png").stat().st_size > 1000
+
+
+def test_thresholds_are_chosen_on_validation_and_written_into_the_cards(
+    dataset: Path, tmp_path: Path
+) -> None:
+    from node.training.evaluate import evaluate_split
+
+    cards = train(
+        TrainSettings(
+            dataset / "train_image_paths.csv",
+            dataset / "valid_image_paths.csv",
+            tmp_path / "run",
+            epochs=2,
+            image_size=32,
+            ensemble=1,
+        )
+    )
+    card = cards[0].path
+    with pytest.raises(ValueError, match="another split"):
+        evaluate_split(
+            [str(card)],
+            dataset / "valid_image_paths.csv",
+            tmp_path / "r",
+            threshold_split=dataset / "valid_image_paths.csv",
+        )
+    evaluate_split(
+        [str(card)],
+        dataset / "train_image_paths.csv",
+        tmp_path / "r",
+        threshold_split=dataset / "valid_image_paths.csv",
+    )
+    reloaded = load_card(card)
+    assert set(reloaded.thresholds) == {
+        "elbow",
+        "finger",
+        "forearm",
+        "hand",
+        "humerus",
+        "shoulder",
+        "wrist",
+    }
+    assert reloaded.sha256 == cards[0].sha256
+    load_weights(reloaded)
+    chosen = json.loads((tmp_path / "r" / "report.json").read_text())["chosen_thresholds"]
+    assert chosen == pytest.approx(reloaded.thresholds, abs=1e-6)
+
+
+def test_dicom_split_through_the_serving_path_with_parity(dataset: Path, tmp_path: Path) -> None:
+    """A DICOM copy of each validation PNG, evaluated like a deployed node would see it."""
+    import numpy as np
+    from PIL import Image
+
+    from node.training.evaluate import evaluate_split
+    from tests.factory import make_radiograph, write
+
+    lines = []
+    for line in (dataset / "valid_image_paths.csv").read_text().splitlines()[:6]:
+        png = dataset.parent / line
+        pixels = np.asarray(Image.open(png))
+        ds = make_radiograph(rows=pixels.shape[0], columns=pixels.shape[1], bits_stored=8)
+        ds.PixelData = pixels.tobytes()
+        write(ds, png.with_suffix(".dcm"))
+        lines.append(line.replace(".png", ".dcm"))
+    split = dataset / "dicom_valid.csv"
+    split.write_text("\n".join(lines) + "\n")
+    cards = train(
+        TrainSettings(
+            dataset / "train_image_paths.csv",
+            dataset / "valid_image_paths.csv",
+            tmp_path / "run",
+            epochs=1,
+            image_size=32,
+            ensemble=1,
+        )
+    )
+    evaluate_split([str(cards[0].path)], split, tmp_path / "r")
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["parity"]["images"] == 6
+    assert report["parity"]["max_abs_difference"] < 1e-5
+    assert report["studies"]["overall"]["studies"] == 3
 
 
 def test_resume_continues_where_it_stopped(dataset: Path, tmp_path: Path) -> None:

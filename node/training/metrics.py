@@ -4,6 +4,7 @@ sensitivity and specificity at the threshold, confusion matrix, per study type a
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -118,3 +119,25 @@ def markdown_table(report: Mapping[str, Any]) -> str:
             f"| {key} | {v['studies']} | {v['kappa']:.3f} ({low:.3f} to {high:.3f}) | {paper} | {auroc} | {sens} | {spec} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def choose_thresholds(predictions: Sequence[StudyPrediction]) -> dict[str, float]:
+    """Per study type, the threshold that maximises Cohen's kappa on these predictions (use a
+    validation split, never the split that is reported)."""
+    chosen = {}
+    for study_type in sorted({p.study_type for p in predictions}):
+        subset = [p for p in predictions if p.study_type == study_type]
+        labels = [p.label for p in subset]
+        if len(set(labels)) < 2:
+            continue
+        candidates = sorted({round(p.probability, 6) for p in subset})
+        cuts = [(a + b) / 2 for a, b in itertools.pairwise(candidates)] or [0.5]
+        best = max(
+            cuts,
+            key=lambda t: (
+                score(labels, [p.probability for p in subset], t)["kappa"],
+                -abs(t - 0.5),
+            ),
+        )
+        chosen[study_type] = float(min(max(best, 1e-6), 1 - 1e-6))
+    return chosen

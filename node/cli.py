@@ -79,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     training.add_argument("--ensemble", type=int, default=5, help="best epochs to pack (default 5)")
     training.add_argument("--device", default="auto")
+    training.add_argument(
+        "--precision",
+        choices=["bf16", "fp32"],
+        default="bf16",
+        help="on CUDA (default bf16 autocast)",
+    )
     assess = commands.add_parser(
         "evaluate", parents=[common], help="study-level kappa, AUROC, sensitivity, specificity"
     )
@@ -188,6 +194,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
                 imagenet=args.imagenet,
                 ensemble=args.ensemble,
                 device=args.device,
+                precision=args.precision,
             )
         )
         print("model cards:", *[str(c.path) for c in cards], sep="\n  ")

@@ -53,6 +53,7 @@ class TrainSettings:
     device: str = "auto"
     ensemble: int = 5
     name: str = "mura-densenet169"
+    precision: str = "bf16"  # on CUDA: "bf16" autocast (mixed precision) or "fp32"
 
 
 def seed_everything(seed: int) -> None:
@@ -142,7 +143,7 @@ def train(settings: TrainSettings) -> list[ModelCard]:
         [valid_weights.get(r.study_type, (0.5, 0.5))[1] for r in valid_records]
     )
     bce = nn.BCEWithLogitsLoss(reduction="none")
-    amp = device.type == "cuda"
+    amp = device.type == "cuda" and settings.precision == "bf16"
     for epoch in range(start_epoch, settings.epochs + 1):
         model.train()
         started, seen, total = time.perf_counter(), 0, 0.0

@@ -251,3 +251,49 @@ def test_resume_continues_where_it_stopped(dataset: Path, tmp_path: Path) -> Non
     assert log == [1, 2]
     assert (out / "epochs" / "epoch-001.safetensors").read_bytes() == first_state  # not redone
     assert load_card(cards[0].path).version in ("epoch001", "epoch002")
+
+
+def test_imagenet_initialisation_from_a_local_file(tmp_path: Path) -> None:
+    import re
+
+    import torch
+    import torchvision
+
+    from node.training.recipe import imagenet_features
+
+    reference = torchvision.models.densenet169(weights=None).state_dict()
+    # torchvision's published file uses the legacy key names ("norm.1.weight"); write it that way.
+    legacy = {
+        re.sub(r"(denselayer\d+\.(?:norm|relu|conv))(\d)", r"\1.\2", k): v
+        for k, v in reference.items()
+    }
+    path = tmp_path / "densenet169-b2777c0a.pth"
+    torch.save(legacy, path)
+    features = imagenet_features(path)
+    assert features is not None
+    assert set(features) == {
+        k.removeprefix("features.") for k in reference if k.startswith("features.")
+    }
+    torch.testing.assert_close(features["conv0.weight"], reference["features.conv0.weight"])
+    with pytest.raises(FileNotFoundError):
+        imagenet_features(tmp_path / "missing.pth")
+
+
+def test_training_is_deterministic_for_a_seed(dataset: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    for run in ("a", "b"):
+        train(
+            TrainSettings(
+                dataset / "train_image_paths.csv",
+                dataset / "valid_image_paths.csv",
+                tmp_path / run,
+                epochs=1,
+                image_size=32,
+                ensemble=1,
+                seed=7,
+            )
+        )
+    a = load_file(str(tmp_path / "a" / "epochs" / "epoch-001.safetensors"))
+    b = load_file(str(tmp_path / "b" / "epochs" / "epoch-001.safetensors"))
+    assert all((a[k] == b[k]).all() for k in a)

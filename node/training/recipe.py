@@ -69,7 +69,7 @@ def imagenet_features(path: Path | None) -> dict[str, torch.Tensor] | None:
         if candidate is not None and candidate.is_file():
             state = torch.load(candidate, map_location="cpu", weights_only=True)
             legacy = re.compile(
-                r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+                r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
             )
             fixed = {}
             for key, value in state.items():

@@ -108,6 +108,15 @@ def _parser() -> argparse.ArgumentParser:
         "worker", parents=[common], help="run an inference worker only (e.g. on a GPU machine)"
     )
     commands.add_parser("retry", parents=[common], help="re-queue dead-lettered deliveries")
+    studies = commands.add_parser("studies", help="one study in detail")
+    studies_commands = studies.add_subparsers(
+        dest="studies_command", required=True, metavar="ACTION"
+    )
+    show = studies_commands.add_parser(
+        "show", parents=[common], help="a study's arrivals, decisions, results and deliveries"
+    )
+    show.add_argument("uid", help="StudyInstanceUID, or a unique beginning or end of it")
+    show.add_argument("--json", action="store_true")
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_commands.add_parser("upgrade", parents=[common], help="create or upgrade the schema")
@@ -226,6 +235,8 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         count = Outbox(make_engine(config.database_url)).retry_dead()
         print(f"re-queued {count} dead-lettered deliver{'y' if count == 1 else 'ies'}")
         return 0
+    if args.command == "studies":
+        return _study(config, args.uid, as_json=args.json)
     if args.command == "status":
         return _status(config, as_json=args.json, limit=args.limit)
     if args.command == "db":
@@ -248,23 +259,12 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
 
 def _status(config: Config, *, as_json: bool, limit: int) -> int:
-    from sqlalchemy.engine import make_url
-
-    from node.db import check_schema, make_engine, safe_url
+    from node.db import check_schema, safe_url
     from node.repository import utcnow
     from node.status import collect_status, render_status
 
     url = config.database_url
-    parsed = make_url(url)
-    if (
-        parsed.get_backend_name() == "sqlite"
-        and parsed.database
-        and not Path(parsed.database).exists()
-    ):
-        raise SchemaError(
-            f"no database at {parsed.database}: has `mura-node serve` run with this configuration?"
-        )
-    engine = make_engine(url, readonly=True)
+    engine = _open_readonly(config)
     try:
         check_schema(engine)
         report = collect_status(engine, utcnow(), limit=max(1, limit))
@@ -319,6 +319,48 @@ def _model(args: argparse.Namespace, config: Config) -> int:
     print(
         f"batch size {info['batch_size']}; thresholds: "
         + ", ".join(f"{k} {v:g}" for k, v in info["thresholds"].items())
+    )
+    return 0
+
+
+def _open_readonly(config: Config) -> Any:
+    """A read-only engine on the configured database; a missing SQLite file is an error, not
+    something to create."""
+    from sqlalchemy.engine import make_url
+
+    from node.db import make_engine
+
+    parsed = make_url(config.database_url)
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and parsed.database
+        and not Path(parsed.database).exists()
+    ):
+        raise SchemaError(
+            f"no database at {parsed.database}: has `mura-node serve` run with this configuration?"
+        )
+    return make_engine(config.database_url, readonly=True)
+
+
+def _study(config: Config, uid: str, *, as_json: bool) -> int:
+    from node.db import check_schema
+    from node.status import render_history, study_history
+
+    engine = _open_readonly(config)
+    try:
+        check_schema(engine)
+        history = study_history(engine, uid)
+    finally:
+        engine.dispose()
+    if history is None:
+        return _fail(f"no study matches {uid!r}", 1)
+    if "ambiguous" in history:
+        return _fail(
+            f"{uid!r} matches {len(history['ambiguous'])} studies; give more of the UID", 1
+        )
+    print(
+        json.dumps(history, indent=2) if as_json else render_history(history),
+        end="" if not as_json else "\n",
     )
     return 0
 

@@ -212,7 +212,8 @@ def _summarise(received: list[Path], root: Path, untrained: bool) -> None:
     print(f"  SR              : {sr_path}")
     print(f"  heatmaps (SC)   : {root / 'pacs'}/heatmap-*.dcm")
     print(f"  previews (PNG)  : {previews}")
-    print(f"  node data       : {root / 'node'} (mura-node status --config ... reads its database)")
+    print(f"  node data       : {root / 'node'}")
+    print(f"  its queue       : MURA_NODE_STORAGE__DATA_DIR={root / 'node'} mura-node status")
 
 
 def _free_port() -> int:

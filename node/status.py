@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Engine, case, func, select
 from sqlalchemy.orm import Session
 
-from node.db import Dispatch, IngestRejection, Instance, Result, Study, StudyState
+from node.db import Dispatch, IngestRejection, Instance, Result, Study, StudyEvent, StudyState
 from node.profiles import Role
 from node.scheduler import short_uid
 
@@ -254,4 +254,141 @@ def render_status(report: dict[str, Any], database: str) -> str:
                 for r in rejected["recent"]
             ],
         )
+    return "\n".join(lines) + "\n"
+
+
+def study_history(engine: Engine, uid_or_prefix: str) -> dict[str, Any] | None:
+    """Everything the node knows about one study: its row, instances, history, results and
+    deliveries (no patient data). A unique prefix or suffix of the StudyInstanceUID is enough."""
+    with Session(engine) as session:
+        matches = session.scalars(
+            select(Study).where(
+                (Study.study_instance_uid == uid_or_prefix)
+                | Study.study_instance_uid.startswith(uid_or_prefix)
+                | Study.study_instance_uid.endswith(uid_or_prefix)
+            )
+        ).all()
+        if len(matches) != 1:
+            return None if not matches else {"ambiguous": [s.study_instance_uid for s in matches]}
+        study = matches[0]
+        instances = session.scalars(
+            select(Instance).where(Instance.study_id == study.id).order_by(Instance.id)
+        ).all()
+        events = session.scalars(
+            select(StudyEvent).where(StudyEvent.study_id == study.id).order_by(StudyEvent.id)
+        ).all()
+        results = session.scalars(
+            select(Result).where(Result.study_id == study.id).order_by(Result.id)
+        ).all()
+        deliveries = session.execute(
+            select(Dispatch, Result.kind)
+            .join(Result, Result.id == Dispatch.result_id)
+            .where(Result.study_id == study.id)
+            .order_by(Dispatch.id)
+        ).all()
+        return {
+            "study_instance_uid": study.study_instance_uid,
+            "state": study.state,
+            "study_type": study.study_type,
+            "reason": study.reason,
+            "generation": study.generation,
+            "first_received_at": _iso(study.first_received_at),
+            "instances": [
+                {
+                    "sop_instance_uid": i.sop_instance_uid,
+                    "role": i.role,
+                    "sop_class_uid": i.sop_class_uid,
+                    "transfer_syntax_uid": i.transfer_syntax_uid,
+                    "from": i.calling_ae_title,
+                    "received_at": _iso(i.received_at),
+                    "revision": i.revision,
+                    "body_part_examined": i.body_part_examined,
+                    "study_type": i.study_type,
+                }
+                for i in instances
+            ],
+            "history": [{"at": _iso(e.at), "event": e.event, "detail": e.detail} for e in events],
+            "results": [
+                {
+                    "kind": r.kind,
+                    "generation": r.generation,
+                    "sop_instance_uid": r.sop_instance_uid,
+                    "file": r.file_path,
+                }
+                for r in results
+            ],
+            "deliveries": [
+                {
+                    "object": kind,
+                    "destination": d.destination,
+                    "state": d.state,
+                    "attempts": d.attempts,
+                    "last_status": None if d.last_status is None else f"0x{d.last_status:04X}",
+                    "last_error": d.last_error,
+                    "updated_at": _iso(d.updated_at),
+                }
+                for d, kind in deliveries
+            ],
+        }
+
+
+def render_history(history: dict[str, Any]) -> str:
+    lines = [
+        f"study {history['study_instance_uid']}",
+        f"  state {history['state']} (generation {history['generation']}), type {history['study_type'] or '-'}",
+        f"  reason {history['reason'] or '-'}",
+        "",
+        "History",
+    ]
+    lines += _table(
+        ["AT (UTC)", "EVENT", "DETAIL"],
+        [[_clock(e["at"]), e["event"], e["detail"] or ""] for e in history["history"]],
+    )
+    lines += ["", "Instances"]
+    lines += _table(
+        ["RECEIVED (UTC)", "ROLE", "FROM", "REV", "BODY PART", "TYPE", "SOP INSTANCE UID"],
+        [
+            [
+                _clock(i["received_at"]),
+                i["role"],
+                i["from"],
+                str(i["revision"]),
+                i["body_part_examined"] or "-",
+                i["study_type"] or "-",
+                i["sop_instance_uid"],
+            ]
+            for i in history["instances"]
+        ],
+    )
+    lines += ["", "Results"]
+    lines += (
+        _table(
+            ["KIND", "GEN", "SOP INSTANCE UID", "FILE"],
+            [
+                [r["kind"], str(r["generation"]), r["sop_instance_uid"], r["file"]]
+                for r in history["results"]
+            ],
+        )
+        if history["results"]
+        else ["  none"]
+    )
+    lines += ["", "Deliveries"]
+    lines += (
+        _table(
+            ["OBJECT", "DESTINATION", "STATE", "ATTEMPTS", "UPDATED (UTC)", "LAST ERROR"],
+            [
+                [
+                    d["object"],
+                    d["destination"],
+                    d["state"],
+                    str(d["attempts"]),
+                    _clock(d["updated_at"]),
+                    d["last_error"] or "",
+                ]
+                for d in history["deliveries"]
+            ],
+        )
+        if history["deliveries"]
+        else ["  none"]
+    )
     return "\n".join(lines) + "\n"

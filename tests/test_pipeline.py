@@ -134,6 +134,20 @@ def test_study_to_sr_and_heatmaps_in_orthanc(
     assert {i["StudyInstanceUID"] for i in received} == {study_uid}
     assert {d.state for d in pipeline.dispatches()} == {"SENT"}
 
+    from node.status import render_history, study_history
+
+    history = study_history(pipeline.node.engine, study_uid[-12:])
+    assert history is not None and history["state"] == "DONE"
+    assert [e["event"] for e in history["history"]] == [
+        "opened",
+        "ready",
+        "claimed",
+        "results",
+        "done",
+    ]
+    assert [d["state"] for d in history["deliveries"]] == ["SENT"] * 4
+    assert "all results delivered" in render_history(history)
+
     # The SR that arrived says what the engine says about these images.
     sr_id = next(
         i

@@ -27,6 +27,7 @@ from node.errors import (
     ProfileError,
     SchemaError,
 )
+from node.logs import configure_logging
 
 log = logging.getLogger("node")
 
@@ -142,20 +143,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # pynetdicom logs every PDU at INFO; keep its chatter for DEBUG runs.
-    if level.upper() != "DEBUG":
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)
-        logging.getLogger("alembic").setLevel(logging.WARNING)
-        logging.getLogger("highdicom").setLevel(logging.WARNING)
-
-
 def _fail(message: str, status: int) -> int:
     print(f"mura-node: {message}", file=sys.stderr)
     return status
@@ -167,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}", 2)
-    _configure_logging(config.service.log_level)
+    configure_logging(config.service)
     try:
         return _run(args, config)
     except (ConfigError, ProfileError) as exc:

@@ -71,6 +71,8 @@ class CompletionConfig:
 class ServiceConfig:
     grace_period_s: float = 30.0
     log_level: str = "INFO"
+    log_format: str = "text"
+    log_levels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -381,6 +383,15 @@ def _validate(config: Config) -> None:
             f"service.log_level: must be one of {', '.join(LOG_LEVELS)}, got {config.service.log_level!r}"
         )
     _validate_model(config.model)
+    if config.service.log_format not in ("text", "json"):
+        raise ConfigError(
+            f"service.log_format: must be text or json, got {config.service.log_format!r}"
+        )
+    for name, level in config.service.log_levels.items():
+        if level.upper() not in LOG_LEVELS:
+            raise ConfigError(
+                f"service.log_levels.{name}: must be one of {', '.join(LOG_LEVELS)}, got {level!r}"
+            )
     url = config.database.url
     if url and "://" not in url:
         raise ConfigError(f"database.url: not a database URL: {url!r} (e.g. postgresql://host/db)")

@@ -147,12 +147,9 @@ def check_model(model: ModelConfig) -> None:
 
 def run_child(role: str, config: Config, stop: Any) -> None:
     """A worker or dispatcher process: logs like the parent, stops when ``stop`` is set."""
-    logging.basicConfig(
-        level=config.service.log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
-    for noisy in ("pynetdicom", "apscheduler", "alembic", "highdicom"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from node.logs import configure_logging
+
+    configure_logging(config.service)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if role == "worker":

@@ -217,3 +217,30 @@ def test_unreachable_database_is_a_clear_error(serve: Serve) -> None:
     )
     assert "secret" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_json_logs_and_levels_per_logger(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "MURA_NODE_SERVICE__LOG_FORMAT": "json",
+        "MURA_NODE_MODEL__ALLOW_UNTRAINED": "true",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "node", "model", "info"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    [line] = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert (line["level"], line["logger"]) == ("WARNING", "node.engine")
+    assert "UNTRAINED" in line["message"]
+    quiet = subprocess.run(
+        [sys.executable, "-m", "node", "model", "info"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**env, "MURA_NODE_SERVICE__LOG_LEVELS": '{"node.engine" = "ERROR"}'},
+    )
+    assert quiet.returncode == 0 and quiet.stderr == ""

@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     status = commands.add_parser("status", parents=[common], help="show the study queue")
     status.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+    status.add_argument("--state", help="list only studies in this state (e.g. FAILED, READY)")
+    status.add_argument("--study", help="list only studies whose UID contains this text")
     status.add_argument(
         "--limit", type=int, default=20, help="how many recent studies to list (default 20)"
     )
@@ -225,7 +227,9 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     if args.command == "studies":
         return _study(config, args.uid, as_json=args.json)
     if args.command == "status":
-        return _status(config, as_json=args.json, limit=args.limit)
+        return _status(
+            config, as_json=args.json, limit=args.limit, state=args.state, study=args.study
+        )
     if args.command == "db":
         from node.db import make_engine, upgrade_database
 
@@ -245,7 +249,9 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     raise AssertionError(args.command)  # pragma: no cover
 
 
-def _status(config: Config, *, as_json: bool, limit: int) -> int:
+def _status(
+    config: Config, *, as_json: bool, limit: int, state: str | None = None, study: str | None = None
+) -> int:
     from node.db import check_schema, safe_url
     from node.repository import utcnow
     from node.status import collect_status, render_status
@@ -254,7 +260,9 @@ def _status(config: Config, *, as_json: bool, limit: int) -> int:
     engine = _open_readonly(config)
     try:
         check_schema(engine)
-        report = collect_status(engine, utcnow(), limit=max(1, limit))
+        report = collect_status(
+            engine, utcnow(), limit=max(1, limit), only_state=state, only_study=study
+        )
     finally:
         engine.dispose()
     if as_json:

@@ -39,7 +39,13 @@ def _study_row(study: Study, images: int, others: int) -> dict[str, Any]:
     }
 
 
-def collect_status(engine: Engine, now: datetime, limit: int = 20) -> dict[str, Any]:
+def collect_status(
+    engine: Engine,
+    now: datetime,
+    limit: int = 20,
+    only_state: str | None = None,
+    only_study: str | None = None,
+) -> dict[str, Any]:
     """The status report as plain data (the --json output)."""
     with Session(engine) as session:
         counts = {state.value: 0 for state in StudyState}
@@ -59,8 +65,13 @@ def collect_status(engine: Engine, now: datetime, limit: int = 20) -> dict[str, 
             .order_by(Study.opened_at, Study.id)
             .limit(1)
         )
+        listed = select(Study)
+        if only_state:
+            listed = listed.where(Study.state == only_state.upper())
+        if only_study:
+            listed = listed.where(Study.study_instance_uid.contains(only_study))
         recent = session.scalars(
-            select(Study).order_by(Study.last_received_at.desc(), Study.id.desc()).limit(limit)
+            listed.order_by(Study.last_received_at.desc(), Study.id.desc()).limit(limit)
         ).all()
         failed = session.scalars(
             select(Study)

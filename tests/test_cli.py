@@ -137,6 +137,11 @@ def test_serve_queue_status_and_restart(serve: Serve, tmp_path: Path) -> None:
     assert report["instances"] == {"stored": 3, "ignored": 0}
     assert report["oldest_waiting"]["state"] == "READY"
 
+    filtered = serve.command("status", "--json", "--state", "failed")
+    assert json.loads(filtered.stdout)["recent_studies"] == []
+    by_uid = serve.command("status", "--json", "--study", study["study_instance_uid"][-8:])
+    assert [s["study"] for s in json.loads(by_uid.stdout)["recent_studies"]] == [study["study"]]
+
     text = serve.command("status")
     assert text.returncode == 0
     assert "READY" in text.stdout and "wrist" in text.stdout and study["study"] in text.stdout

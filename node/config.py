@@ -113,6 +113,15 @@ class DispatchConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics and health endpoint (node/metrics.py)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+
+@dataclass(frozen=True)
 class Destination:
     """A DICOM peer that receives the node's results (used by the dispatcher)."""
 
@@ -133,6 +142,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     destinations: tuple[Destination, ...] = ()
     source: str = "built-in defaults"
 
@@ -152,6 +162,7 @@ _SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "worker": WorkerConfig,
     "dispatch": DispatchConfig,
+    "metrics": MetricsConfig,
 }
 
 
@@ -422,6 +433,7 @@ def _validate(config: Config) -> None:
             value = getattr(getattr(config, section), key)
             if value <= 0:
                 raise ConfigError(f"{section}.{key}: must be greater than 0, got {value}")
+    _check_port("metrics.port", config.metrics.port)
     if config.dispatch.max_attempts < 1:
         raise ConfigError(
             f"dispatch.max_attempts: must be at least 1, got {config.dispatch.max_attempts}"

@@ -16,6 +16,7 @@ from datetime import timedelta
 from pydicom import dcmread
 from pynetdicom import AE
 
+from node import metrics
 from node.config import Config, Destination
 from node.db import make_engine
 from node.outbox import Delivery, Outbox
@@ -105,6 +106,7 @@ class Dispatcher:
                 code = int(status.Status) if "Status" in status else None
                 if code in STORED:
                     self.outbox.sent(delivery, code)
+                    metrics.delivery(destination.name, "stored")
                     log.info(
                         "delivered %s to %s (0x%04X)",
                         "SR" if "88" in delivery.sop_class_uid else "SC",
@@ -132,6 +134,7 @@ class Dispatcher:
             self.settings.first_retry_s,
             self.settings.max_retry_s,
         )
+        metrics.delivery(delivery.destination, "dead" if state == "DEAD" else "failed")
         level = logging.WARNING if state == "DEAD" else logging.INFO
         log.log(level, "delivery to %s failed (%s): %s", delivery.destination, state, error)
 

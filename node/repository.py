@@ -95,6 +95,7 @@ class ClaimedStudy:
     study_instance_uid: str
     generation: int
     study_type: str | None
+    ready_since: datetime | None = None
 
 
 class Repository:
@@ -380,7 +381,11 @@ class Repository:
                 return None
             _event(session, study.id, now, "claimed", f"by {worker_id}")
             return ClaimedStudy(
-                study.id, study.study_instance_uid, study.generation, study.study_type
+                study.id,
+                study.study_instance_uid,
+                study.generation,
+                study.study_type,
+                study.state_changed_at,
             )
 
 

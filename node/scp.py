@@ -37,6 +37,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
+from node import metrics
 from node.config import DicomConfig
 from node.errors import (
     DatasetMismatch,
@@ -138,6 +139,7 @@ class StoreHandler:
             return self._reject(calling, OUT_OF_RESOURCES, "internal error while storing")
 
     def _reject(self, calling: str, code: int, reason: str) -> Dataset:
+        metrics.instance_received(f"refused 0x{code:04X}")
         log.warning("C-STORE from %s refused with 0x%04X: %s", calling, code, reason)
         self.repository.record_rejection(calling, code, reason)
         return _status(code, reason)
@@ -176,6 +178,7 @@ class StoreHandler:
                 wait([durable])
                 self.store.remove(relative)
             raise
+        metrics.instance_received(str(result.outcome) if role is Role.ANALYSE else "ignored")
         if result.outcome is IngestOutcome.DUPLICATE:
             if relative is not None:
                 self.store.remove(relative)

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from node import __version__
+from node import __version__, metrics
 from node.completion import CompletionPolicy
 from node.config import Config, ModelConfig
 from node.db import make_engine, safe_url, upgrade_database
@@ -47,6 +47,9 @@ class Node:
         vocabulary = load_vocabulary()
         self.store = FileStore(config.storage.data_dir)
         self.store.prepare()
+        if config.metrics.enabled:  # before any process records a metric (children inherit it)
+            metrics.prepare_directory(self.store.root / "metrics")
+        self.endpoints: Any = None
         self.engine = make_engine(config.database_url)
         try:
             upgrade_database(self.engine)
@@ -80,6 +83,10 @@ class Node:
     def start(self, children: bool = True) -> None:
         self.scheduler.start()
         self.scp.start()
+        if self.config.metrics.enabled:
+            self.endpoints = metrics.serve_endpoints(
+                self.config.metrics.host, self.config.metrics.port, self._counts, self._health
+            )
         if children:
             roles = ["worker"] * self.config.worker.processes + ["dispatcher"]
             for index, role in enumerate(roles):
@@ -111,6 +118,23 @@ class Node:
             or "no destination (kept in the data directory)",
         )
 
+    def _counts(self) -> dict[str, dict[str, int]]:
+        return _database_counts(self.engine)
+
+    def _health(self) -> str | None:
+        """None when healthy, else what is wrong."""
+        if self.scp.server is None:
+            return "the DICOM listener is not running"
+        try:
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+        except Exception as exc:
+            return f"database: {exc.__class__.__name__}"
+        dead = [p.name for p in self.children if not p.is_alive()]
+        if dead:
+            return f"child process(es) stopped: {', '.join(dead)}"
+        return None
+
     def stop(self) -> None:
         grace = self.config.service.grace_period_s
         log.info("stopping: no new associations; waiting up to %.0f s for open ones", grace)
@@ -126,9 +150,31 @@ class Node:
                 process.terminate()
                 process.join(10)
         self.handler.close()
+        if self.endpoints is not None:
+            self.endpoints.shutdown()
         self.scheduler.stop()
         self.engine.dispose()
         log.info("stopped")
+
+
+def _database_counts(engine: Any) -> dict[str, dict[str, int]]:
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+
+    from node.db import Dispatch, Study, StudyState
+
+    with Session(engine) as session:
+        studies = {state.value: 0 for state in StudyState}
+        studies.update(
+            dict(session.execute(select(Study.state, func.count()).group_by(Study.state)).all())
+        )
+        deliveries = {s: 0 for s in ("PENDING", "SENDING", "RETRY", "SENT", "DEAD")}
+        deliveries.update(
+            dict(
+                session.execute(select(Dispatch.state, func.count()).group_by(Dispatch.state)).all()
+            )
+        )
+    return {"studies": studies, "deliveries": deliveries}
 
 
 def check_model(model: ModelConfig) -> None:

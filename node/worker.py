@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -30,7 +31,7 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from node import __version__
+from node import __version__, metrics
 from node.config import Config
 from node.db import make_engine
 from node.engine import DicomPreprocessor, InferenceEngine, StudyResult
@@ -137,7 +138,12 @@ class Worker:
                 return
         inputs = [item[0] for item in decoded]  # type: ignore[index]
         displays = [item[1] for item in decoded]  # type: ignore[index]
+        if claimed.ready_since is not None:
+            metrics.queue_wait((utcnow() - claimed.ready_since).total_seconds())
+        started = time.perf_counter()
         result = self.engine.predict_studies([(claimed.study_type, inputs)])[0]
+        for _ in inputs:
+            metrics.inference_per_image((time.perf_counter() - started) / len(inputs))
         self.drain()  # at most one study's results in writing at a time
         self.pending = self.writer.submit(
             self._write_guarded, claimed, images, paths, displays, result

@@ -249,3 +249,48 @@ def test_json_logs_and_levels_per_logger(tmp_path: Path) -> None:
         env={**env, "MURA_NODE_SERVICE__LOG_LEVELS": '{"node.engine" = "ERROR"}'},
     )
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_metrics_and_health_endpoints(serve: Serve, tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    metrics_port = free_port()
+    text = serve.config.read_text().replace("processes = 0", "processes = 1")
+    serve.config.write_text(
+        text
+        + f"[model]\nallow_untrained = true\n[metrics]\nenabled = true\nport = {metrics_port}\n"
+    )
+    serve.start()
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{metrics_port}{path}", timeout=5
+            ) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    assert get("/healthz") == (200, "ok\n")
+    assert (
+        storescu(serve.port, write_study(tmp_path / "study", 2, body_part="ELBOW")).returncode == 0
+    )
+    wait_for(
+        lambda: serve.status()["studies_by_state"]["DONE"] == 1, what="the study to be processed"
+    )
+
+    def scraped() -> str | None:
+        status, body = get("/metrics")
+        return (
+            body
+            if status == 200 and "mura_node_inference_seconds_per_image_count 2.0" in body
+            else None
+        )
+
+    body = wait_for(scraped, what="the worker's metrics")
+    assert 'mura_node_instances_received_total{outcome="stored"} 2.0' in body
+    assert 'mura_node_studies{state="DONE"} 1.0' in body
+    assert "mura_node_queue_wait_seconds_count 1.0" in body
+    code, output = serve.stop()
+    assert code == 0, output

@@ -47,6 +47,7 @@ def test_example_file_documents_every_key_with_its_default() -> None:
         "model",
         "worker",
         "dispatch",
+        "metrics",
     ):
         documented = example[section]
         expected = getattr(defaults, section)

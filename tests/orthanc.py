@@ -15,7 +15,9 @@ from tests.factory import free_port
 
 
 class Orthanc:
-    def __init__(self, directory: Path, ae_title: str = "ORTHANC") -> None:
+    def __init__(
+        self, directory: Path, ae_title: str = "ORTHANC", extra: dict[str, Any] | None = None
+    ) -> None:
         self.directory = directory
         self.ae_title = ae_title
         self.dicom_port = free_port()
@@ -38,6 +40,7 @@ class Orthanc:
                     "Plugins": [],
                     "HttpServerEnabled": True,
                     "StableAge": 60,
+                    **(extra or {}),
                 }
             )
         )

@@ -42,6 +42,7 @@ from node.imaging import (
     dicom_file_to_tensor,
 )
 from node.model import MuraDenseNet
+from node.profiles import MURA_STUDY_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -231,16 +232,7 @@ class InferenceEngine:
             "batch_size": self.batch_size,
             "input_size": self.input_size,
             "thresholds": {
-                study_type: self.threshold_for(study_type)
-                for study_type in (
-                    "elbow",
-                    "finger",
-                    "forearm",
-                    "hand",
-                    "humerus",
-                    "shoulder",
-                    "wrist",
-                )
+                study_type: self.threshold_for(study_type) for study_type in MURA_STUDY_TYPES
             },
             "torch": torch.__version__,
         }

@@ -13,12 +13,8 @@ from pathlib import Path
 
 from pydicom.uid import UID
 
+from node.dispatch import EXPLICIT_LITTLE, RESULT_CLASSES
 from node.profiles import Role, StorageProfile, load_storage_profile
-
-RESULT_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.88.33": "Comprehensive SR Storage",
-    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
-}
 
 
 def scp_classes(profile: StorageProfile) -> str:
@@ -43,10 +39,8 @@ def scp_transfer_syntaxes(profile: StorageProfile) -> str:
 
 def scu_classes() -> str:
     rows = ["| SOP class | UID | transfer syntax |", "| --- | --- | --- |"]
-    rows += [
-        f"| {name} | {uid} | Explicit VR Little Endian (1.2.840.10008.1.2.1) |"
-        for uid, name in RESULT_CLASSES.items()
-    ]
+    syntax = f"{UID(EXPLICIT_LITTLE).name} ({EXPLICIT_LITTLE})"
+    rows += [f"| {UID(uid).name} | {uid} | {syntax} |" for uid in RESULT_CLASSES]
     return "\n".join(rows)
 
 

@@ -208,17 +208,16 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
     return engine
 
 
-def _alembic_config(engine: Engine) -> AlembicConfig:
+def _alembic_config(engine: Engine | None = None) -> AlembicConfig:
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.attributes["engine"] = engine
+    if engine is not None:
+        config.attributes["engine"] = engine
     return config
 
 
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(
-        _alembic_config(create_engine("sqlite://"))
-    ).get_current_head()
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     assert head is not None
     return head
 

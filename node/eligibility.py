@@ -10,7 +10,7 @@ Rules, per image (CR or DX; other objects never count):
    decides the image's type.
 2. A field that names only body parts outside the upper extremity (CHEST, KNEE, ...) decides that
    the image is not eligible.
-3. Fields that name nothing, only an unspecified limb ("EXTREMITY"), or several types
+3. Fields that name nothing (e.g. only "EXTREMITY" or "ARM"), or several types
    ("HAND AND WRIST") let the next field decide. When no field decides, the leftmost type named by
    the first field that named several is used.
 

@@ -14,7 +14,7 @@ acknowledgement that was recorded; a crash between the response and the commit m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
@@ -162,37 +162,3 @@ class Outbox:
                 .values(state="PENDING", attempts=0, next_attempt_at=now, updated_at=now)
             )
             return int(result.rowcount)  # type: ignore[attr-defined]
-
-    def counts(self) -> dict[str, int]:
-        with Session(self.engine) as session:
-            rows = session.execute(
-                select(Dispatch.state, func.count()).group_by(Dispatch.state)
-            ).all()
-        return {state: int(count) for state, count in rows}
-
-    def dead(self, limit: int = 20) -> list[dict[str, object]]:
-        with Session(self.engine) as session:
-            rows = session.execute(
-                select(Dispatch, Result, Study.study_instance_uid)
-                .join(Result, Result.id == Dispatch.result_id)
-                .join(Study, Study.id == Result.study_id)
-                .where(Dispatch.state == "DEAD")
-                .order_by(Dispatch.updated_at.desc())
-                .limit(limit)
-            ).all()
-        return [
-            {
-                "destination": d.destination,
-                "object": r.kind,
-                "study_instance_uid": uid,
-                "attempts": d.attempts,
-                "last_status": None if d.last_status is None else f"0x{d.last_status:04X}",
-                "last_error": d.last_error,
-                "since": _iso(d.updated_at),
-            }
-            for d, r, uid in rows
-        ]
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat(timespec="seconds")

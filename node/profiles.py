@@ -46,11 +46,10 @@ class StorageProfile:
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """Terms that name a MURA study type, an unspecified limb, or another body part."""
+    """Terms that name a MURA study type, or a body part outside the upper extremity."""
 
     fields: tuple[str, ...]
     study_types: dict[str, tuple[str, ...]]
-    unspecified: tuple[str, ...]
     not_upper_extremity: tuple[str, ...]
 
 
@@ -124,10 +123,6 @@ def load_vocabulary(directory: Path | None = None) -> Vocabulary:
             name: _terms(f"study_type.{name}.terms", types[name].get("terms"))
             for name in MURA_STUDY_TYPES
         },
-        unspecified=_terms(
-            "extremity_unspecified.terms",
-            data.get("extremity_unspecified", {}).get("terms", []),
-        ),
         not_upper_extremity=_terms(
             "not_upper_extremity.terms", data.get("not_upper_extremity", {}).get("terms", [])
         ),

@@ -119,7 +119,13 @@ class Node:
         )
 
     def _counts(self) -> dict[str, dict[str, int]]:
-        return _database_counts(self.engine)
+        from sqlalchemy.orm import Session
+
+        from node.status import state_counts
+
+        with Session(self.engine) as session:
+            studies, deliveries = state_counts(session)
+        return {"studies": studies, "deliveries": deliveries}
 
     def _health(self) -> str | None:
         """None when healthy, else what is wrong."""
@@ -155,26 +161,6 @@ class Node:
         self.scheduler.stop()
         self.engine.dispose()
         log.info("stopped")
-
-
-def _database_counts(engine: Any) -> dict[str, dict[str, int]]:
-    from sqlalchemy import func, select
-    from sqlalchemy.orm import Session
-
-    from node.db import Dispatch, Study, StudyState
-
-    with Session(engine) as session:
-        studies = {state.value: 0 for state in StudyState}
-        studies.update(
-            dict(session.execute(select(Study.state, func.count()).group_by(Study.state)).all())
-        )
-        deliveries = {s: 0 for s in ("PENDING", "SENDING", "RETRY", "SENT", "DEAD")}
-        deliveries.update(
-            dict(
-                session.execute(select(Dispatch.state, func.count()).group_by(Dispatch.state)).all()
-            )
-        )
-    return {"studies": studies, "deliveries": deliveries}
 
 
 def check_model(model: ModelConfig) -> None:

@@ -39,6 +39,22 @@ def _study_row(study: Study, images: int, others: int) -> dict[str, Any]:
     }
 
 
+DELIVERY_STATES = ("PENDING", "SENDING", "RETRY", "SENT", "DEAD")
+
+
+def state_counts(session: Session) -> tuple[dict[str, int], dict[str, int]]:
+    """Studies by state and deliveries by state, every state present (for status and metrics)."""
+    studies = {state.value: 0 for state in StudyState}
+    for state, count in session.execute(select(Study.state, func.count()).group_by(Study.state)):
+        studies[state] = int(count)
+    deliveries = dict.fromkeys(DELIVERY_STATES, 0)
+    for state, count in session.execute(
+        select(Dispatch.state, func.count()).group_by(Dispatch.state)
+    ):
+        deliveries[state] = int(count)
+    return studies, deliveries
+
+
 def collect_status(
     engine: Engine,
     now: datetime,
@@ -48,11 +64,7 @@ def collect_status(
 ) -> dict[str, Any]:
     """The status report as plain data (the --json output)."""
     with Session(engine) as session:
-        counts = {state.value: 0 for state in StudyState}
-        for state, count in session.execute(
-            select(Study.state, func.count()).group_by(Study.state)
-        ):
-            counts[state] = count
+        counts, deliveries = state_counts(session)
         stored, ignored = session.execute(
             select(
                 func.coalesce(func.sum(case((Instance.role == Role.ANALYSE, 1), else_=0)), 0),
@@ -100,11 +112,6 @@ def collect_status(
             .order_by(IngestRejection.at.desc())
             .limit(limit)
         ).all()
-        deliveries = {state: 0 for state in ("PENDING", "SENDING", "RETRY", "SENT", "DEAD")}
-        for state, count in session.execute(
-            select(Dispatch.state, func.count()).group_by(Dispatch.state)
-        ):
-            deliveries[state] = int(count)
         dead = session.execute(
             select(Dispatch, Result.kind, Study.study_instance_uid)
             .join(Result, Result.id == Dispatch.result_id)

@@ -23,6 +23,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -93,10 +94,7 @@ class Worker:
         if claimed is None:
             self.drain()
             return False
-        try:
-            self.process(claimed)
-        except Exception as exc:
-            self._internal_error(claimed, exc)
+        self._guarded(claimed, self.process)
         return True
 
     def drain(self) -> None:
@@ -116,6 +114,13 @@ class Worker:
         self.writer.shutdown(wait=True)
         self.preprocessor.close()
         self.db.dispose()
+
+    def _guarded(self, claimed: ClaimedStudy, work: Callable[..., None], *args: object) -> None:
+        """Run ``work(claimed, *args)``; an error ends this study FAILED, not the worker."""
+        try:
+            work(claimed, *args)
+        except Exception as exc:
+            self._internal_error(claimed, exc)
 
     def _internal_error(self, claimed: ClaimedStudy, exc: BaseException) -> None:
         log.error("study %s failed", short_uid(claimed.study_instance_uid), exc_info=exc)
@@ -146,21 +151,8 @@ class Worker:
             metrics.inference_per_image((time.perf_counter() - started) / len(inputs))
         self.drain()  # at most one study's results in writing at a time
         self.pending = self.writer.submit(
-            self._write_guarded, claimed, images, paths, displays, result
+            self._guarded, claimed, self._write, images, paths, displays, result
         )
-
-    def _write_guarded(
-        self,
-        claimed: ClaimedStudy,
-        images: list[StudyImage],
-        paths: list[Path],
-        displays: list[np.ndarray],
-        result: StudyResult,
-    ) -> None:
-        try:
-            self._write(claimed, images, paths, displays, result)
-        except Exception as exc:
-            self._internal_error(claimed, exc)
 
     def _write(
         self,

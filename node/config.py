@@ -15,6 +15,7 @@ Every problem (unknown key, wrong type, value out of range, unreadable file) rai
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -46,11 +47,21 @@ class DicomConfig:
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
     poll_interval_s: float = 0.001
+    max_dataset_bytes: int = 1_073_741_824
+    peer_addresses: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    tls_certificate: str = ""
+    tls_private_key: str = ""
+    tls_client_ca: str = ""
+    tls_client_certificates: str = "none"
+    tls_handshake_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
 class StorageConfig:
     data_dir: Path = Path("mura-node-data")
+    min_free_bytes: int = 536_870_912
+    purge_delivered: bool = True
+    retention_days: float = 7.0
 
 
 @dataclass(frozen=True)
@@ -98,7 +109,8 @@ class WorkerConfig:
 
     processes: int = 1
     poll_interval_s: float = 1.0
-    lease_s: float = 900.0
+    lease_s: float = 60.0
+    max_crashes: int = 3
 
 
 @dataclass(frozen=True)
@@ -130,6 +142,10 @@ class Destination:
     host: str
     port: int
     objects: tuple[str, ...] = ("sr", "sc")
+    tls: bool = False
+    tls_ca: str = ""
+    tls_certificate: str = ""
+    tls_private_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -374,6 +390,8 @@ def _validate(config: Config) -> None:
         raise ConfigError(
             f"dicom.poll_interval_s: must be between 0.0001 and 0.1, got {dicom.poll_interval_s}"
         )
+    _validate_access(dicom)
+    _validate_storage(config.storage)
     completion = config.completion
     for key in ("quiet_period_s", "force_complete_s", "tick_interval_s"):
         if getattr(completion, key) <= 0:
@@ -418,6 +436,12 @@ def _validate(config: Config) -> None:
         _check_port(f"{where}.port", dest.port)
         if not dest.host:
             raise ConfigError(f"{where}.host: must not be empty")
+        if bool(dest.tls_certificate) != bool(dest.tls_private_key):
+            raise ConfigError(
+                f"{where}: tls_certificate and tls_private_key go together (a client certificate)"
+            )
+        if (dest.tls_ca or dest.tls_certificate) and not dest.tls:
+            raise ConfigError(f"{where}: TLS files are set but tls = false")
         unknown = [kind for kind in dest.objects if kind not in ("sr", "sc")]
         if unknown or not dest.objects:
             raise ConfigError(
@@ -433,10 +457,66 @@ def _validate(config: Config) -> None:
             value = getattr(getattr(config, section), key)
             if value <= 0:
                 raise ConfigError(f"{section}.{key}: must be greater than 0, got {value}")
+    if config.worker.max_crashes < 1:
+        raise ConfigError(
+            f"worker.max_crashes: must be at least 1, got {config.worker.max_crashes}"
+        )
     _check_port("metrics.port", config.metrics.port)
     if config.dispatch.max_attempts < 1:
         raise ConfigError(
             f"dispatch.max_attempts: must be at least 1, got {config.dispatch.max_attempts}"
+        )
+
+
+def _validate_access(dicom: DicomConfig) -> None:
+    if dicom.max_dataset_bytes < 0:
+        raise ConfigError(
+            f"dicom.max_dataset_bytes: must be 0 (no limit) or more, got {dicom.max_dataset_bytes}"
+        )
+    for title, addresses in dicom.peer_addresses.items():
+        key = f"dicom.peer_addresses.{title}"
+        _check_ae_title(key, title)
+        if dicom.accepted_calling_ae_titles and title not in dicom.accepted_calling_ae_titles:
+            raise ConfigError(f"{key}: {title!r} is not in dicom.accepted_calling_ae_titles")
+        if not addresses:
+            raise ConfigError(f"{key}: give at least one address or network")
+        for address in addresses:
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"{key}: {address!r} is not an IP address or network (e.g. 10.0.0.0/24)"
+                ) from None
+    if bool(dicom.tls_certificate) != bool(dicom.tls_private_key):
+        raise ConfigError("dicom.tls_certificate and dicom.tls_private_key go together")
+    if dicom.tls_client_certificates not in ("none", "optional", "required"):
+        raise ConfigError(
+            "dicom.tls_client_certificates: must be none, optional or required, "
+            f"got {dicom.tls_client_certificates!r}"
+        )
+    if dicom.tls_client_certificates != "none" and not dicom.tls_client_ca:
+        raise ConfigError(
+            "dicom.tls_client_ca: needed to verify client certificates "
+            f"(dicom.tls_client_certificates = {dicom.tls_client_certificates!r})"
+        )
+    if (dicom.tls_client_ca or dicom.tls_client_certificates != "none") and not (
+        dicom.tls_certificate
+    ):
+        raise ConfigError("dicom.tls_client_ca: TLS is off (set dicom.tls_certificate first)")
+    if dicom.tls_handshake_timeout_s <= 0:
+        raise ConfigError(
+            f"dicom.tls_handshake_timeout_s: must be greater than 0, got {dicom.tls_handshake_timeout_s}"
+        )
+
+
+def _validate_storage(storage: StorageConfig) -> None:
+    if storage.min_free_bytes < 0:
+        raise ConfigError(
+            f"storage.min_free_bytes: must be 0 or more, got {storage.min_free_bytes}"
+        )
+    if storage.retention_days < 0:
+        raise ConfigError(
+            f"storage.retention_days: must be 0 or more, got {storage.retention_days}"
         )
 
 

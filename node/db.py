@@ -88,6 +88,7 @@ class Study(Base):
     state_changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Instance(Base):

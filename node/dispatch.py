@@ -22,6 +22,7 @@ from node.db import make_engine
 from node.outbox import Delivery, Outbox
 from node.repository import Clock, utcnow
 from node.storage import FileStore
+from node.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class Dispatcher:
         self.config = config
         self.settings = config.dispatch
         self.destinations = {d.name: d for d in config.destinations}
+        self.tls = {d.name: client_context(d) for d in config.destinations}
         self.store = FileStore(config.storage.data_dir)
         self.db = make_engine(config.database_url)
         self.outbox = Outbox(self.db, clock)
@@ -76,8 +78,12 @@ class Dispatcher:
 
     def _send(self, destination: Destination, deliveries: list[Delivery]) -> None:
         try:
+            tls = self.tls[destination.name]
             assoc = self.ae.associate(
-                destination.host, destination.port, ae_title=destination.ae_title
+                destination.host,
+                destination.port,
+                ae_title=destination.ae_title,
+                tls_args=(tls, destination.host) if tls is not None else None,
             )
         except Exception as exc:  # socket errors surface here on some platforms
             for delivery in deliveries:

@@ -3,17 +3,21 @@
 Every end state is a compare-and-set on (state PROCESSING, generation, claimed_by): a study that
 was re-opened by a late image while it was being processed keeps its new state, and the work done
 for the old generation is thrown away (its files removed by the caller); the new generation is
-processed again. A claim whose lease ran out (its worker died) is returned to READY by
-``reclaim_expired``, which the completion tick runs.
+processed again. A worker renews the leases of its claims while it works (a heartbeat); a claim
+whose lease ran out (its worker or its machine died) is returned to READY by ``reclaim_expired``,
+which the completion tick runs, and ``serve`` returns the claims of a local worker process that
+died at once (``reclaim_dead_worker``). A study on which workers died ``worker.max_crashes``
+times ends FAILED instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from node.config import Destination
@@ -38,9 +42,10 @@ class ResultFile:
 
 
 class ProcessingRepository:
-    def __init__(self, engine: Engine, clock: Clock = utcnow) -> None:
+    def __init__(self, engine: Engine, clock: Clock = utcnow, max_crashes: int = 3) -> None:
         self.engine = engine
         self.clock = clock
+        self.max_crashes = max_crashes
 
     def images(self, claimed: ClaimedStudy) -> list[StudyImage]:
         """The study's analysed images of its study type, in arrival order."""
@@ -127,31 +132,75 @@ class ProcessingRepository:
             )
             return True
 
+    def renew_leases(self, worker_id: str, lease: timedelta) -> int:
+        """Extend the lease of every study this worker holds (its heartbeat)."""
+        with Session(self.engine) as session, session.begin():
+            result = session.execute(
+                update(Study)
+                .where(Study.state == StudyState.PROCESSING, Study.claimed_by == worker_id[:128])
+                .values(lease_expires_at=self.clock() + lease)
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
     def reclaim_expired(self, now: datetime | None = None) -> int:
-        """Studies whose worker's lease ran out go back to READY."""
+        """Studies whose worker's lease ran out (it died, or its machine did) go back to READY."""
         now = now or self.clock()
+        return self._release(
+            (Study.lease_expires_at < now,), now, "reclaimed", "worker lease expired"
+        )
+
+    def reclaim_dead_worker(self, worker_prefix: str, exit_description: str) -> int:
+        """Studies held by a worker process known to have died go back to READY at once."""
+        return self._release(
+            (Study.claimed_by.startswith(worker_prefix, autoescape=True),),
+            self.clock(),
+            "reclaimed",
+            f"worker process {exit_description}",
+        )
+
+    def _release(self, where: tuple[Any, ...], now: datetime, event: str, detail: str) -> int:
+        """Return PROCESSING studies matching ``where`` to READY, or end them FAILED when their
+        workers have now died ``max_crashes`` times on them (an image that crashes a decoder
+        must not take every worker down in turn, for ever)."""
         with Session(self.engine) as session, session.begin():
             expired = session.scalars(
                 select(Study.id)
-                .where(Study.state == StudyState.PROCESSING, Study.lease_expires_at < now)
+                .where(Study.state == StudyState.PROCESSING, *where)
                 .with_for_update(skip_locked=True)
             ).all()
             for study_id in expired:
+                crashes = 1 + (
+                    session.scalar(
+                        select(func.count())
+                        .select_from(StudyEvent)
+                        .where(StudyEvent.study_id == study_id, StudyEvent.event == event)
+                    )
+                    or 0
+                )
+                values: dict[str, Any] = {
+                    "state": StudyState.READY,
+                    "claimed_by": None,
+                    "lease_expires_at": None,
+                    "state_changed_at": now,
+                }
+                if crashes >= self.max_crashes:
+                    values["state"] = StudyState.FAILED
+                    values["reason"] = (
+                        f"its worker stopped {crashes} times while processing it ({detail}); "
+                        "an image may crash the decoder or the model: see the logs"
+                    )
                 session.execute(
                     update(Study)
                     .where(Study.id == study_id, Study.state == StudyState.PROCESSING)
-                    .values(
-                        state=StudyState.READY,
-                        claimed_by=None,
-                        lease_expires_at=None,
-                        state_changed_at=now,
-                    )
+                    .values(**values)
                 )
-                session.add(
-                    StudyEvent(
-                        study_id=study_id, at=now, event="reclaimed", detail="worker lease expired"
+                session.add(StudyEvent(study_id=study_id, at=now, event=event, detail=detail))
+                if values["state"] == StudyState.FAILED:
+                    session.add(
+                        StudyEvent(
+                            study_id=study_id, at=now, event="failed", detail=values["reason"]
+                        )
                     )
-                )
             return len(expired)
 
     @staticmethod

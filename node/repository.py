@@ -225,6 +225,7 @@ class Repository:
                             reason=None,
                             claimed_by=None,
                             lease_expires_at=None,
+                            purged_at=None,
                         )
                     )
                     reopened = True

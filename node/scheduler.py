@@ -1,4 +1,5 @@
-"""APScheduler wiring only: the periodic completion tick (the decisions live elsewhere)."""
+"""APScheduler wiring only: the periodic completion tick and housekeeping (retention purge);
+the decisions live elsewhere."""
 
 from __future__ import annotations
 
@@ -28,8 +29,12 @@ class CompletionScheduler:
         vocabulary: Vocabulary,
         interval_s: float,
         reclaim: Callable[[], int] | None = None,
+        housekeeping: Callable[[], object] | None = None,
+        housekeeping_interval_s: float = 600.0,
     ) -> None:
         self.reclaim = reclaim
+        self.housekeeping = housekeeping
+        self.housekeeping_interval_s = housekeeping_interval_s
         self.repository = repository
         self.policy = policy
         self.vocabulary = vocabulary
@@ -66,7 +71,24 @@ class CompletionScheduler:
             next_run_time=datetime.now(UTC),
             id="completion",
         )
+        if self.housekeeping is not None:
+            self._scheduler.add_job(
+                self._housekeep,
+                "interval",
+                seconds=self.housekeeping_interval_s,
+                max_instances=1,
+                coalesce=True,
+                next_run_time=datetime.now(UTC),
+                id="housekeeping",
+            )
         self._scheduler.start()
+
+    def _housekeep(self) -> None:
+        assert self.housekeeping is not None
+        try:
+            self.housekeeping()
+        except Exception:
+            log.exception("housekeeping (retention purge) failed; it runs again later")
 
     def stop(self) -> None:
         if self._scheduler.running:

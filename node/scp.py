@@ -5,7 +5,9 @@ C-STORE statuses (also in docs/ingest.md):
 ======  ============================================================================
 0x0000  stored durably (file fsynced and linked, directory fsynced, row committed), or a byte-identical re-send,
         or an object of an ignored SOP class (recorded, bytes not kept)
-0xA700  out of resources: the file or its database row could not be made durable (nothing kept)
+0xA700  out of resources: the data set is larger than ``dicom.max_dataset_bytes``, the data
+        directory's free space is below ``storage.min_free_bytes``, or the file or its database row
+        could not be made durable (nothing kept in any case)
 0xA900  the data set's SOPClassUID / SOPInstanceUID differ from the C-STORE request
 0xC000  the data set cannot be parsed
 0xC001  a required identifier (Study, Series or SOP Instance UID) is missing or not a UID
@@ -19,9 +21,13 @@ whole in memory; the store then adopts that file (see node/storage.py).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
+import socket
 import socketserver
+import ssl
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -49,6 +55,7 @@ from node.errors import (
 from node.profiles import Role, StorageProfile
 from node.repository import IngestOutcome, InstanceRecord, Repository
 from node.storage import FileStore
+from node.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +118,20 @@ class StoreHandler:
     """EVT_C_STORE: durable store, then database row, then success; statuses for everything else."""
 
     def __init__(
-        self, store: FileStore, repository: Repository, profile: StorageProfile, threads: int = 16
+        self,
+        store: FileStore,
+        repository: Repository,
+        profile: StorageProfile,
+        threads: int = 16,
+        *,
+        max_dataset_bytes: int = 0,
+        min_free_bytes: int = 0,
     ) -> None:
         self.store = store
         self.repository = repository
         self.profile = profile
+        self.max_dataset_bytes = max_dataset_bytes
+        self.min_free_bytes = min_free_bytes
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="durable")
 
     def close(self) -> None:
@@ -151,6 +167,7 @@ class StoreHandler:
         if role is None:  # cannot happen with the negotiated contexts; kept as a guard
             raise DatasetMismatch(f"SOP class {sop_class} is not accepted")
         source = event.dataset_path  # pynetdicom's complete Part 10 file of what arrived
+        self._check_resources(source)
         relative = self.store.new_name() if role is Role.ANALYSE else None
         # Making the file durable (fsync, link, fsync directory) runs on a helper thread while
         # this one parses the header and writes the row; the row commits only after the file
@@ -187,6 +204,16 @@ class StoreHandler:
             self.store.remove(result.obsolete_file)
         log.debug("C-STORE from %s: %s (%s)", calling, result.outcome, role)
         return None
+
+    def _check_resources(self, source: Path) -> None:
+        """Refuse, before anything is written, a data set over the size limit or a store whose
+        free space is below the floor (the check runs for every C-STORE, so storing resumes by
+        itself once space is freed)."""
+        size = source.stat().st_size
+        if self.max_dataset_bytes and size > self.max_dataset_bytes:
+            raise OutOfResources(f"data set over the maximum size ({self.max_dataset_bytes} bytes)")
+        if self.min_free_bytes and self.store.free_bytes() - size < self.min_free_bytes:
+            raise OutOfResources("storage nearly full: below the node's free-space floor")
 
 
 def header_of(source: Path, sop_class: str, sop_instance: str) -> Header:
@@ -265,6 +292,44 @@ def _on_rejected(event: evt.Event) -> None:
     )
 
 
+class AssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with the TLS handshake moved off the accepting thread.
+
+    pynetdicom wraps each accepted socket and completes the handshake in ``get_request``, on the
+    one thread that accepts connections: a client that opens TCP and never sends its TLS hello
+    stalls every other connection until the socket times out. Here the accepting thread only
+    wraps the socket; the handshake runs on the connection's own thread, bounded by
+    ``handshake_timeout_s``, and a failed handshake closes that connection alone."""
+
+    handshake_timeout_s = 10.0
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
+        return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            previous = request.gettimeout()
+            try:
+                request.settimeout(self.handshake_timeout_s)
+                request.do_handshake()
+                request.settimeout(previous)
+            except (OSError, ssl.SSLError) as exc:
+                log.warning(
+                    "TLS handshake with %s failed: %s",
+                    client_address[0],
+                    getattr(exc, "reason", None) or exc.__class__.__name__,
+                )
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
+
+
 class StoreSCP:
     """The running server: start, then stop gracefully."""
 
@@ -272,12 +337,35 @@ class StoreSCP:
         self.config = config
         self.ae = build_ae(config, profile)
         self.handler = handler
+        self.ssl_context = server_context(config)
+        self.peer_networks = {
+            title: [ipaddress.ip_network(a, strict=False) for a in addresses]
+            for title, addresses in config.peer_addresses.items()
+        }
         self.server: ThreadedAssociationServer | None = None
 
     def _on_requested(self, event: evt.Event) -> None:
         # pynetdicom's network thread sleeps this long when it finds nothing to do; shorter
         # means less latency per message and more CPU while an association is idle.
         event.assoc.dul._run_loop_delay = self.config.poll_interval_s
+        request = event.assoc.requestor.primitive
+        if request is None:
+            return
+        calling = str(request.calling_ae_title).strip()
+        networks = self.peer_networks.get(calling)
+        if networks is None:
+            return
+        address = event.assoc.requestor.address
+        try:
+            allowed = any(ipaddress.ip_address(address) in network for network in networks)
+        except ValueError:
+            allowed = False
+        if not allowed:
+            # Rejected permanent, by the service user: calling AE title not recognised
+            # (the title is not recognised from this address).
+            log.warning("association rejected: %s is not allowed from %s", calling, address)
+            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+            event.assoc.kill()
 
     def start(self) -> None:
         handlers: list[Any] = [
@@ -288,11 +376,21 @@ class StoreSCP:
         ]
         address = (self.config.host, self.config.port)
         try:
-            self.server = self.ae.start_server(address, block=False, evt_handlers=handlers)
+            server = self.ae.make_server(
+                address,
+                evt_handlers=handlers,
+                ssl_context=self.ssl_context,
+                server_class=AssociationServer,
+            )
         except OSError as exc:
             raise ListenError(
                 f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}"
             ) from None
+        assert isinstance(server, AssociationServer)
+        server.handshake_timeout_s = self.config.tls_handshake_timeout_s
+        threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True).start()
+        self.ae._servers.append(server)
+        self.server = server
 
     @property
     def port(self) -> int:

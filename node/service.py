@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
+import socket
 import tempfile
 import threading
 import time
+from datetime import timedelta
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
@@ -31,9 +34,11 @@ from node.errors import CheckpointError, DatabaseUnavailable
 from node.processing import ProcessingRepository
 from node.profiles import load_storage_profile, load_vocabulary
 from node.repository import Clock, Repository, utcnow
+from node.retention import purge_delivered
 from node.scheduler import CompletionScheduler
 from node.scp import StoreHandler, StoreSCP
 from node.storage import FileStore
+from node.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -60,44 +65,52 @@ class Node:
             ) from None
         self.repository = Repository(self.engine, clock)
         self.handler = StoreHandler(
-            self.store, self.repository, profile, threads=config.dicom.max_associations
+            self.store,
+            self.repository,
+            profile,
+            threads=config.dicom.max_associations,
+            max_dataset_bytes=config.dicom.max_dataset_bytes,
+            min_free_bytes=config.storage.min_free_bytes,
         )
-        self.scp = StoreSCP(config.dicom, profile, self.handler)
+        self.scp = StoreSCP(config.dicom, profile, self.handler)  # loads the TLS files
+        for destination in config.destinations:
+            client_context(destination)  # a missing or wrong TLS file stops the node here
         policy = CompletionPolicy.from_seconds(
             config.completion.quiet_period_s, config.completion.force_complete_s
         )
-        self.processing = ProcessingRepository(self.engine, clock)
+        self.processing = ProcessingRepository(self.engine, clock, config.worker.max_crashes)
+        retention = timedelta(days=config.storage.retention_days)
         self.scheduler = CompletionScheduler(
             self.repository,
             policy,
             vocabulary,
             config.completion.tick_interval_s,
             reclaim=self.processing.reclaim_expired,
+            housekeeping=(
+                (lambda: purge_delivered(self.engine, self.store, retention, clock))
+                if config.storage.purge_delivered
+                else None
+            ),
         )
         if config.worker.processes > 0:
             check_model(config.model)
         self.context = multiprocessing.get_context("spawn")
         self.children_stop = self.context.Event()
         self.children: list[BaseProcess] = []
+        self.roles = ["worker"] * config.worker.processes + ["dispatcher"]
+        self.started_at: dict[int, float] = {}
+        self.restart_at: dict[int, float] = {}
+        self.backoff: dict[int, float] = {}
 
     def start(self, children: bool = True) -> None:
         self.scheduler.start()
-        self.scp.start()
-        if self.config.metrics.enabled:
+        if self.config.metrics.enabled:  # before the SCP: a peer that can connect can be watched
             self.endpoints = metrics.serve_endpoints(
                 self.config.metrics.host, self.config.metrics.port, self._counts, self._health
             )
+        self.scp.start()
         if children:
-            roles = ["worker"] * self.config.worker.processes + ["dispatcher"]
-            for index, role in enumerate(roles):
-                process = self.context.Process(
-                    target=run_child,
-                    args=(role, self.config, self.children_stop),
-                    name=f"mura-node-{role}-{index}",
-                    daemon=False,
-                )
-                process.start()
-                self.children.append(process)
+            self.children = [self._start_child(index) for index in range(len(self.roles))]
         dicom = self.config.dicom
         log.info(
             "mura-node %s receiving as %s on %s:%d; data in %s; database %s",
@@ -117,6 +130,55 @@ class Node:
             ", ".join(d.name for d in self.config.destinations)
             or "no destination (kept in the data directory)",
         )
+
+    def _start_child(self, index: int) -> BaseProcess:
+        role = self.roles[index]
+        process = self.context.Process(
+            target=run_child,
+            args=(role, self.config, self.children_stop),
+            name=f"mura-node-{role}-{index}",
+            daemon=False,
+        )
+        process.start()
+        self.started_at[index] = time.monotonic()
+        return process
+
+    def supervise(self) -> None:
+        """Restart a child process that died (a native crash in a decoder, the OOM killer...).
+
+        Its claimed study goes back to the queue at once (or ends FAILED once workers have died
+        on it ``worker.max_crashes`` times). A child that keeps dying within a minute of its
+        start is restarted after 1, 2, 4 ... at most 60 seconds."""
+        if self.children_stop.is_set():
+            return
+        now = time.monotonic()
+        for index, process in enumerate(self.children):
+            if process.is_alive():
+                continue
+            due = self.restart_at.get(index)
+            if due is None:
+                exit_description = _describe_exit(process.exitcode)
+                ran_long = now - self.started_at.get(index, now) >= 60.0
+                delay = 1.0 if ran_long else self.backoff.get(index, 1.0)
+                self.backoff[index] = min(60.0, delay * 2)
+                self.restart_at[index] = now + delay
+                log.error("%s %s; restarting it in %.0f s", process.name, exit_description, delay)
+                if self.roles[index] == "worker" and process.pid is not None:
+                    self._release_claims_of(process.pid, exit_description)
+            elif now >= due:
+                self.children[index] = self._start_child(index)
+                del self.restart_at[index]
+
+    def _release_claims_of(self, pid: int, exit_description: str) -> None:
+        try:
+            released = self.processing.reclaim_dead_worker(
+                f"{socket.gethostname()}:{pid}:", exit_description
+            )
+        except SQLAlchemyError as exc:
+            log.warning("cannot release the dead worker's study now (%s); its lease will", exc)
+            return
+        if released:
+            log.warning("the study the worker was processing went back to the queue")
 
     def _counts(self) -> dict[str, dict[str, int]]:
         from sqlalchemy.orm import Session
@@ -163,6 +225,15 @@ class Node:
         log.info("stopped")
 
 
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
 def check_model(model: ModelConfig) -> None:
     """Fail at start, with a clear message, when the workers could not load the model."""
     if not model.cards and not model.allow_untrained:
@@ -202,6 +273,7 @@ def serve(config: Config) -> int:
         log.info("received %s", signal.Signals(signum).name)
         stop.set()
 
+    os.umask(0o077)  # images, results and the database: readable by the service user only
     node = Node(config)
     # pynetdicom streams each received data set to a temporary file; keeping those in the data
     # directory lets the store adopt them with a hard link instead of a copy.
@@ -210,7 +282,7 @@ def serve(config: Config) -> int:
     try:
         node.start()
         while not stop.wait(1.0):
-            pass
+            node.supervise()
     finally:
         node.stop()
         for sig, handler in previous.items():

@@ -130,6 +130,11 @@ class FileStore:
             raise OutOfResources(f"cannot store result: {exc.strerror or exc}") from exc
         return relative
 
+    def free_bytes(self) -> int:
+        """Space left to an unprivileged writer on the data directory's file system."""
+        stats = os.statvfs(self.root)
+        return stats.f_bavail * stats.f_frsize
+
     def same_content(self, relative: str | None, other: Path) -> bool:
         """Whether a stored file holds exactly the bytes of ``other``."""
         if relative is None:

@@ -71,7 +71,7 @@ class Worker:
         self.store = FileStore(config.storage.data_dir)
         self.db = make_engine(config.database_url)
         self.queue = Repository(self.db, clock)
-        self.processing = ProcessingRepository(self.db, clock)
+        self.processing = ProcessingRepository(self.db, clock, config.worker.max_crashes)
         self.preprocessor = DicomPreprocessor(
             workers=config.model.preprocess_workers,
             size=engine.input_size,
@@ -104,10 +104,26 @@ class Worker:
             self.pending = None
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            if not self.run_once():
-                stop.wait(self.config.worker.poll_interval_s)
-        self.drain()
+        done = threading.Event()
+        heartbeat = threading.Thread(target=self._heartbeat, args=(done,), name="heartbeat")
+        heartbeat.start()
+        try:
+            while not stop.is_set():
+                if not self.run_once():
+                    stop.wait(self.config.worker.poll_interval_s)
+            self.drain()
+        finally:
+            done.set()
+            heartbeat.join()
+
+    def _heartbeat(self, done: threading.Event) -> None:
+        """Renew the leases of this worker's claims a few times per lease period, so that only a
+        worker that is gone loses its study (to another worker, after ``worker.lease_s``)."""
+        while not done.wait(self.lease.total_seconds() / 4):
+            try:
+                self.processing.renew_leases(self.worker_id, self.lease)
+            except Exception as exc:  # the database may be briefly away; try again next beat
+                log.warning("cannot renew the lease of this worker's study: %s", exc)
 
     def close(self) -> None:
         self.drain()
@@ -166,9 +182,9 @@ class Worker:
         written: list[ResultFile] = []
         try:
             predecessor_path = self.processing.latest_report(claimed.study_id)
-            predecessor = (
-                dcmread(self.store.path_of(predecessor_path)) if predecessor_path else None
-            )
+            # The previous SR is gone when the study was purged after delivery (node/retention.py).
+            previous = self.store.path_of(predecessor_path) if predecessor_path else None
+            predecessor = dcmread(previous) if previous and previous.is_file() else None
             sr = build_sr(
                 sources,
                 result,

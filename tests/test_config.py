@@ -127,6 +127,28 @@ def test_destinations_from_environment() -> None:
         ('[service]\nlog_level = "LOUD"\n', "service.log_level"),
         ('[[destinations]]\nname = "x"\n', "destinations[0]: missing key(s) ae_title, host, port"),
         ("[dicom\n", "is not valid TOML"),
+        (
+            '[dicom.peer_addresses]\nPACS = ["10.0.0.300"]\n',
+            "dicom.peer_addresses.PACS: '10.0.0.300' is not an IP address or network",
+        ),
+        (
+            '[dicom]\naccepted_calling_ae_titles = ["CT1"]\n[dicom.peer_addresses]\nPACS = ["10.0.0.1"]\n',
+            "dicom.peer_addresses.PACS: 'PACS' is not in dicom.accepted_calling_ae_titles",
+        ),
+        ('[dicom]\ntls_certificate = "server.pem"\n', "go together"),
+        (
+            '[dicom]\ntls_certificate = "s.pem"\ntls_private_key = "s.key"\n'
+            'tls_client_certificates = "required"\n',
+            "dicom.tls_client_ca: needed to verify client certificates",
+        ),
+        ('[dicom]\ntls_client_certificates = "sometimes"\n', "must be none, optional or required"),
+        ("[dicom]\nmax_dataset_bytes = -1\n", "dicom.max_dataset_bytes: must be 0"),
+        ("[storage]\nmin_free_bytes = -5\n", "storage.min_free_bytes: must be 0 or more"),
+        ("[worker]\nmax_crashes = 0\n", "worker.max_crashes: must be at least 1"),
+        (
+            '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 104\ntls_ca = "ca.pem"\n',
+            "destinations[0]: TLS files are set but tls = false",
+        ),
     ],
 )
 def test_invalid_files_name_the_key(tmp_path: Path, text: str, message: str) -> None:

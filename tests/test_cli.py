@@ -30,13 +30,15 @@ from tests.factory import (
 pytestmark = pytest.mark.slow
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+def wait_for(
+    condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition", poll: float = 0.1
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
-        time.sleep(0.1)
+        time.sleep(poll)
     raise AssertionError(f"gave up waiting for {what}")
 
 

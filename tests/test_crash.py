@@ -53,10 +53,10 @@ def ready_study(node: Node, clock: FakeClock, tmp_path: Path) -> str:
 
 
 def test_a_study_that_kills_its_workers_ends_failed(
-    make_node: Callable[..., Node], tmp_path: Path
+    make_node: Callable[..., Node], tmp_path: Path, database_url: str
 ) -> None:
     clock = FakeClock()
-    node = make_node(clock=clock, worker={"max_crashes": 3})
+    node = make_node(clock=clock, worker={"max_crashes": 3}, database={"url": database_url})
     uid = ready_study(node, clock, tmp_path)
     for attempt in (1, 2, 3):
         worker_id = f"host-a:{1000 + attempt}:1"
@@ -71,10 +71,11 @@ def test_a_study_that_kills_its_workers_ends_failed(
 
 
 def test_heartbeat_keeps_a_claim_and_a_silent_worker_loses_it(
-    make_node: Callable[..., Node], tmp_path: Path
+    make_node: Callable[..., Node], tmp_path: Path, database_url: str
 ) -> None:
+    """A worker on another machine: only the shared database tells whether it is alive."""
     clock = FakeClock()
-    node = make_node(clock=clock)
+    node = make_node(clock=clock, database={"url": database_url})
     uid = ready_study(node, clock, tmp_path)
     lease = timedelta(seconds=60)
     assert node.repository.claim_ready_study("host-a:1:1", lease) is not None

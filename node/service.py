@@ -253,8 +253,21 @@ def run_child(role: str, config: Config, stop: Any) -> None:
     from node.logs import configure_logging
 
     configure_logging(config.service)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # The parent decides when to stop: Ctrl-C and systemd send SIGINT / SIGTERM to the whole
+    # process group, and a signal handler here must not touch ``stop`` (a multiprocessing Event:
+    # a handler interrupting this process inside stop.wait() would deadlock on its lock, and
+    # the parent with it).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch_parent() -> None:  # a parent killed outright (SIGKILL, OOM) cannot say stop
+        while not stop.wait(1.0):
+            if os.getppid() != parent:
+                logging.getLogger(__name__).warning("the serve process is gone; stopping")
+                stop.set()
+
+    threading.Thread(target=watch_parent, name="watch-parent", daemon=True).start()
     if role == "worker":
         from node.worker import run_worker_process
 

@@ -296,3 +296,19 @@ def test_metrics_and_health_endpoints(serve: Serve, tmp_path: Path) -> None:
     assert "mura_node_queue_wait_seconds_count 1.0" in body
     code, output = serve.stop()
     assert code == 0, output
+
+
+def test_sigterm_to_the_whole_process_group_stops_cleanly(serve: Serve) -> None:
+    """systemd (KillMode=control-group) and Ctrl-C signal the worker and dispatcher too."""
+    serve.config.write_text(
+        serve.config.read_text().replace("processes = 0", "processes = 1\npoll_interval_s = 0.05")
+        + "[model]\nallow_untrained = true\n[dispatch]\npoll_interval_s = 0.05\n"
+    )
+    serve.start()
+    assert serve.process is not None
+    time.sleep(3)  # the children are up and waiting for work
+    os.killpg(serve.process.pid, signal.SIGTERM)
+    output, _ = serve.process.communicate(timeout=60)
+    assert serve.process.returncode == 0, output
+    assert "stopped" in output
+    serve.process = None

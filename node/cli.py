@@ -211,11 +211,30 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
         return run_demo(config, args.dir)
     if args.command == "worker":
-        from node.service import check_model
+        import threading
+
+        from node.service import StopSignals, check_model
         from node.worker import run_worker_process
 
         check_model(config.model)
-        run_worker_process(config)
+        stop = threading.Event()
+        failures: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                run_worker_process(config, stop)
+            except BaseException as exc:  # re-raised below, in the main thread
+                failures.append(exc)
+
+        with StopSignals() as signals:  # SIGTERM: finish the current study, then exit 0
+            worker = threading.Thread(target=work, name="worker")
+            worker.start()
+            while worker.is_alive() and not signals.wait(0.5):
+                pass
+            stop.set()
+            worker.join()
+        if failures:
+            raise failures[0]
         return 0
     if args.command == "retry":
         from node.db import make_engine

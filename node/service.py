@@ -214,9 +214,11 @@ class Node:
         for process in self.children:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
-                log.warning("%s did not stop within the grace period; terminating it", process.name)
-                process.terminate()
+                log.warning("%s did not stop within the grace period; killing it", process.name)
+                process.kill()  # it ignores SIGTERM (see run_child)
                 process.join(10)
+                if self.roles[self.children.index(process)] == "worker" and process.pid:
+                    self._release_claims_of(process.pid, "was killed at shutdown")
         self.handler.close()
         if self.endpoints is not None:
             self.endpoints.shutdown()
@@ -278,26 +280,48 @@ def run_child(role: str, config: Config, stop: Any) -> None:
         run_dispatcher_process(config, stop)
 
 
+class StopSignals:
+    """SIGINT and SIGTERM, noted by a handler that only appends to a list: a handler that took a
+    lock (an Event's, the logging module's) could interrupt its own thread holding that lock."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._note)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _note(self, signum: int, _frame: FrameType | None) -> None:
+        self.received.append(signum)
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds`` (a signal cuts it short); True once a stop was asked for."""
+        if not self.received:
+            time.sleep(seconds)
+        if self.received:
+            log.info("received %s", signal.Signals(self.received[0]).name)
+            return True
+        return False
+
+
 def serve(config: Config) -> int:
     """Run until SIGINT or SIGTERM; return the exit status."""
-    stop = threading.Event()
-
-    def _request_stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        stop.set()
-
     os.umask(0o077)  # images, results and the database: readable by the service user only
     node = Node(config)
     # pynetdicom streams each received data set to a temporary file; keeping those in the data
     # directory lets the store adopt them with a hard link instead of a copy.
     tempfile.tempdir = str(node.store.tmp)
-    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        node.start()
-        while not stop.wait(1.0):
-            node.supervise()
-    finally:
-        node.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with StopSignals() as signals:
+        try:
+            node.start()
+            while not signals.wait(1.0):
+                node.supervise()
+        finally:
+            node.stop()
     return 0

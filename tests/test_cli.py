@@ -312,3 +312,37 @@ def test_sigterm_to_the_whole_process_group_stops_cleanly(serve: Serve) -> None:
     assert serve.process.returncode == 0, output
     assert "stopped" in output
     serve.process = None
+
+
+def test_separate_worker_command_processes_and_stops_on_sigterm(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """`mura-node worker`, as on another machine: it shares only the database and the files."""
+    serve.config.write_text(serve.config.read_text() + "[model]\nallow_untrained = true\n")
+    serve.start()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "node", "worker", "--config", str(serve.config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    try:
+        files = write_study(tmp_path / "study", 2, body_part="SHOULDER", rows=64, columns=64)
+        assert storescu(serve.port, files).returncode == 0
+        wait_for(
+            lambda: serve.status()["studies_by_state"]["DONE"] == 1,
+            timeout=120,
+            what="the separate worker to process the study",
+        )
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=60)
+        assert worker.returncode == 0, output
+        assert "UNTRAINED" in output and "Traceback" not in output
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.communicate()
+    code, output = serve.stop()
+    assert code == 0, output

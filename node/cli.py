@@ -56,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--limit", type=int, default=20, help="how many recent studies to list (default 20)"
     )
+    status.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=2.0,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until Ctrl-C; with --json, one JSON line each time",
+    )
     demo = commands.add_parser(
         "demo",
         parents=[common],
@@ -246,8 +254,15 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     if args.command == "studies":
         return _study(config, args.uid, as_json=args.json)
     if args.command == "status":
+        if args.watch is not None and args.watch <= 0:
+            return _fail("--watch: the interval must be greater than 0 seconds", 2)
         return _status(
-            config, as_json=args.json, limit=args.limit, state=args.state, study=args.study
+            config,
+            as_json=args.json,
+            limit=args.limit,
+            state=args.state,
+            study=args.study,
+            watch=args.watch,
         )
     if args.command == "db":
         from node.db import make_engine, upgrade_database
@@ -269,26 +284,54 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
 
 def _status(
-    config: Config, *, as_json: bool, limit: int, state: str | None = None, study: str | None = None
+    config: Config,
+    *,
+    as_json: bool,
+    limit: int,
+    state: str | None = None,
+    study: str | None = None,
+    watch: float | None = None,
 ) -> int:
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
     from node.db import check_schema, safe_url
     from node.repository import utcnow
-    from node.status import collect_status, render_status
+    from node.status import collect_status, render_status, status_view
 
-    url = config.database_url
+    url = safe_url(config.database_url)
     engine = _open_readonly(config)
-    try:
-        check_schema(engine)
-        report = collect_status(
+
+    def report() -> dict[str, Any]:
+        return collect_status(
             engine, utcnow(), limit=max(1, limit), only_state=state, only_study=study
         )
+
+    try:
+        check_schema(engine)
+        if watch is None:
+            if as_json:
+                print(json.dumps(report(), indent=2))
+            elif sys.stdout.isatty():
+                Console().print(status_view(report(), url))
+            else:
+                sys.stdout.write(render_status(report(), url))
+            return 0
+        try:
+            if as_json:
+                while True:
+                    print(json.dumps(report()), flush=True)
+                    time.sleep(watch)
+            with Live(console=Console(), auto_refresh=False) as live:
+                while True:
+                    live.update(status_view(report(), url), refresh=True)
+                    time.sleep(watch)
+        except KeyboardInterrupt:
+            return 0
     finally:
         engine.dispose()
-    if as_json:
-        print(json.dumps(report, indent=2))
-    else:
-        sys.stdout.write(render_status(report, safe_url(url)))
-    return 0
 
 
 def _model(args: argparse.Namespace, config: Config) -> int:
@@ -372,10 +415,16 @@ def _study(config: Config, uid: str, *, as_json: bool) -> int:
         return _fail(
             f"{uid!r} matches {len(history['ambiguous'])} studies; give more of the UID", 1
         )
-    print(
-        json.dumps(history, indent=2) if as_json else render_history(history),
-        end="" if not as_json else "\n",
-    )
+    if as_json:
+        print(json.dumps(history, indent=2))
+    elif sys.stdout.isatty():
+        from rich.console import Console
+
+        from node.status import history_view
+
+        Console().print(history_view(history))
+    else:
+        sys.stdout.write(render_history(history))
     return 0
 
 

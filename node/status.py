@@ -6,9 +6,14 @@ StudyInstanceUID (the full UID is in ``--json``, for scripts).
 
 from __future__ import annotations
 
+import io
 from datetime import datetime, timedelta
 from typing import Any
 
+from rich import box
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
 from sqlalchemy import Engine, case, func, select
 from sqlalchemy.orm import Session
 
@@ -178,19 +183,31 @@ def _clock(value: str | None) -> str:
     return "-" if value is None else value[:19].replace("T", " ")
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
-    ]
-    lines = ["  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += [
-        "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
-    return lines
+STATE_STYLES = {
+    "RECEIVING": "cyan",
+    "READY": "yellow",
+    "PROCESSING": "bold yellow",
+    "DISPATCHING": "blue",
+    "DONE": "green",
+    "IGNORED": "dim",
+    "FAILED": "bold red",
+    "DEAD": "bold red",
+}
 
 
-def _study_table(studies: list[dict[str, Any]]) -> list[str]:
+def _table(headers: list[str], rows: list[list[str]], state_column: int | None = None) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        cells: list[Text] = [Text(cell) for cell in row]
+        if state_column is not None:
+            cells[state_column].stylize(STATE_STYLES.get(row[state_column], ""))
+        table.add_row(*cells)
+    return table
+
+
+def _study_table(studies: list[dict[str, Any]]) -> Table:
     headers = [
         "STUDY",
         "TYPE",
@@ -216,63 +233,84 @@ def _study_table(studies: list[dict[str, Any]]) -> list[str]:
         ]
         for s in studies
     ]
-    return _table(headers, rows)
+    return _table(headers, rows, state_column=4)
+
+
+def status_view(report: dict[str, Any], database: str) -> Group:
+    """The report for people: rich tables (coloured on a terminal, plain text otherwise)."""
+    parts: list[Any] = [
+        Text(
+            f"mura-node status at {_clock(report['generated_at'])} UTC, database {database}",
+            style="bold",
+        ),
+        Text(""),
+        Text("Studies by state", style="bold"),
+    ]
+    counts = report["studies_by_state"]
+    parts.append(_table(["STATE", "STUDIES"], [[state, str(n)] for state, n in counts.items()], 0))
+    instances = report["instances"]
+    parts.append(
+        Text(
+            f"Instances: {instances['stored']} images stored, {instances['ignored']} other objects ignored"
+        )
+    )
+    oldest = report["oldest_waiting"]
+    parts.append(
+        Text(
+            f"Oldest waiting study: {oldest['study']} ({oldest['state']}), "
+            f"waiting {_duration(oldest['waiting_s'])} since {_clock(oldest['since'])} UTC"
+            if oldest
+            else "Oldest waiting study: none"
+        )
+    )
+    parts += [Text(""), Text("Recent studies (newest arrival first)", style="bold")]
+    parts.append(
+        _study_table(report["recent_studies"]) if report["recent_studies"] else Text("  none yet")
+    )
+    parts += [Text(""), Text("Failed studies", style="bold")]
+    parts.append(
+        _study_table(report["failed_studies"]) if report["failed_studies"] else Text("  none")
+    )
+    deliveries = report["deliveries"]
+    parts += [
+        Text(""),
+        Text("Deliveries: " + ", ".join(f"{n} {state.lower()}" for state, n in deliveries.items())),
+    ]
+    if report["dead_letters"]:
+        parts.append(Text("Dead letters (re-queue with `mura-node retry`):", style="bold red"))
+        parts.append(
+            _table(
+                ["STUDY", "OBJECT", "DESTINATION", "ATTEMPTS", "SINCE (UTC)", "LAST ERROR"],
+                [
+                    [
+                        d["study"],
+                        d["object"],
+                        d["destination"],
+                        str(d["attempts"]),
+                        _clock(d["since"]),
+                        d["last_error"] or "",
+                    ]
+                    for d in report["dead_letters"]
+                ],
+            )
+        )
+    rejected = report["rejected_last_24h"]
+    parts += [Text(""), Text(f"Refused C-STOREs in the last 24 h: {rejected['count']}")]
+    if rejected["recent"]:
+        parts.append(
+            _table(
+                ["AT (UTC)", "FROM", "STATUS", "REASON"],
+                [
+                    [_clock(r["at"]), r["calling_ae_title"], r["status"], r["reason"]]
+                    for r in rejected["recent"]
+                ],
+            )
+        )
+    return Group(*parts)
 
 
 def render_status(report: dict[str, Any], database: str) -> str:
-    """The report for people: aligned plain text."""
-    lines = [f"mura-node status at {_clock(report['generated_at'])} UTC, database {database}", ""]
-    counts = report["studies_by_state"]
-    lines.append("Studies by state")
-    lines += _table(["STATE", "STUDIES"], [[state, str(n)] for state, n in counts.items()])
-    instances = report["instances"]
-    lines.append(
-        f"Instances: {instances['stored']} images stored, {instances['ignored']} other objects ignored"
-    )
-    oldest = report["oldest_waiting"]
-    if oldest:
-        lines.append(
-            f"Oldest waiting study: {oldest['study']} ({oldest['state']}), "
-            f"waiting {_duration(oldest['waiting_s'])} since {_clock(oldest['since'])} UTC"
-        )
-    else:
-        lines.append("Oldest waiting study: none")
-    lines += ["", "Recent studies (newest arrival first)"]
-    lines += _study_table(report["recent_studies"]) if report["recent_studies"] else ["  none yet"]
-    lines += ["", "Failed studies"]
-    lines += _study_table(report["failed_studies"]) if report["failed_studies"] else ["  none"]
-    deliveries = report["deliveries"]
-    lines += [
-        "",
-        "Deliveries: " + ", ".join(f"{n} {state.lower()}" for state, n in deliveries.items()),
-    ]
-    if report["dead_letters"]:
-        lines.append("Dead letters (re-queue with `mura-node retry`):")
-        lines += _table(
-            ["STUDY", "OBJECT", "DESTINATION", "ATTEMPTS", "SINCE (UTC)", "LAST ERROR"],
-            [
-                [
-                    d["study"],
-                    d["object"],
-                    d["destination"],
-                    str(d["attempts"]),
-                    _clock(d["since"]),
-                    d["last_error"] or "",
-                ]
-                for d in report["dead_letters"]
-            ],
-        )
-    rejected = report["rejected_last_24h"]
-    lines += ["", f"Refused C-STOREs in the last 24 h: {rejected['count']}"]
-    if rejected["recent"]:
-        lines += _table(
-            ["AT (UTC)", "FROM", "STATUS", "REASON"],
-            [
-                [_clock(r["at"]), r["calling_ae_title"], r["status"], r["reason"]]
-                for r in rejected["recent"]
-            ],
-        )
-    return "\n".join(lines) + "\n"
+    return as_text(status_view(report, database))
 
 
 def study_history(engine: Engine, uid_or_prefix: str) -> dict[str, Any] | None:
@@ -350,36 +388,41 @@ def study_history(engine: Engine, uid_or_prefix: str) -> dict[str, Any] | None:
         }
 
 
-def render_history(history: dict[str, Any]) -> str:
-    lines = [
-        f"study {history['study_instance_uid']}",
-        f"  state {history['state']} (generation {history['generation']}), type {history['study_type'] or '-'}",
-        f"  reason {history['reason'] or '-'}",
-        "",
-        "History",
-    ]
-    lines += _table(
-        ["AT (UTC)", "EVENT", "DETAIL"],
-        [[_clock(e["at"]), e["event"], e["detail"] or ""] for e in history["history"]],
-    )
-    lines += ["", "Instances"]
-    lines += _table(
-        ["RECEIVED (UTC)", "ROLE", "FROM", "REV", "BODY PART", "TYPE", "SOP INSTANCE UID"],
-        [
+def history_view(history: dict[str, Any]) -> Group:
+    parts: list[Any] = [
+        Text(f"study {history['study_instance_uid']}", style="bold"),
+        Text(
+            f"  state {history['state']} (generation {history['generation']}), "
+            f"type {history['study_type'] or '-'}"
+        ),
+        Text(f"  reason {history['reason'] or '-'}"),
+        Text(""),
+        Text("History", style="bold"),
+        _table(
+            ["AT (UTC)", "EVENT", "DETAIL"],
+            [[_clock(e["at"]), e["event"], e["detail"] or ""] for e in history["history"]],
+        ),
+        Text(""),
+        Text("Instances", style="bold"),
+        _table(
+            ["RECEIVED (UTC)", "ROLE", "FROM", "REV", "BODY PART", "TYPE", "SOP INSTANCE UID"],
             [
-                _clock(i["received_at"]),
-                i["role"],
-                i["from"],
-                str(i["revision"]),
-                i["body_part_examined"] or "-",
-                i["study_type"] or "-",
-                i["sop_instance_uid"],
-            ]
-            for i in history["instances"]
-        ],
-    )
-    lines += ["", "Results"]
-    lines += (
+                [
+                    _clock(i["received_at"]),
+                    i["role"],
+                    i["from"],
+                    str(i["revision"]),
+                    i["body_part_examined"] or "-",
+                    i["study_type"] or "-",
+                    i["sop_instance_uid"],
+                ]
+                for i in history["instances"]
+            ],
+        ),
+        Text(""),
+        Text("Results", style="bold"),
+    ]
+    parts.append(
         _table(
             ["KIND", "GEN", "SOP INSTANCE UID", "FILE"],
             [
@@ -388,10 +431,10 @@ def render_history(history: dict[str, Any]) -> str:
             ],
         )
         if history["results"]
-        else ["  none"]
+        else Text("  none")
     )
-    lines += ["", "Deliveries"]
-    lines += (
+    parts += [Text(""), Text("Deliveries", style="bold")]
+    parts.append(
         _table(
             ["OBJECT", "DESTINATION", "STATE", "ATTEMPTS", "UPDATED (UTC)", "LAST ERROR"],
             [
@@ -405,8 +448,21 @@ def render_history(history: dict[str, Any]) -> str:
                 ]
                 for d in history["deliveries"]
             ],
+            state_column=2,
         )
         if history["deliveries"]
-        else ["  none"]
+        else Text("  none")
     )
-    return "\n".join(lines) + "\n"
+    return Group(*parts)
+
+
+def render_history(history: dict[str, Any]) -> str:
+    return as_text(history_view(history))
+
+
+def as_text(view: Group, width: int = 160) -> str:
+    """A view as plain text (for pipes, files and tests)."""
+    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
+    console.print(view)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"

@@ -346,3 +346,23 @@ def test_separate_worker_command_processes_and_stops_on_sigterm(
             worker.communicate()
     code, output = serve.stop()
     assert code == 0, output
+
+
+def test_status_watch_refreshes_until_interrupted(serve: Serve, tmp_path: Path) -> None:
+    serve.start()
+    assert storescu(serve.port, write_study(tmp_path / "study", 1)).returncode == 0
+    command = [sys.executable, "-m", "node", "status", "--config", str(serve.config)]
+    watch = subprocess.Popen(
+        [*command, "--watch", "0.2", "--json"], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    assert watch.stdout is not None
+    reports = [json.loads(watch.stdout.readline()) for _ in range(3)]  # one JSON line each time
+    watch.send_signal(signal.SIGINT)
+    watch.communicate(timeout=30)
+    assert watch.returncode == 0
+    assert all(r["studies_by_state"]["RECEIVING"] == 1 for r in reports)
+    assert reports[0]["generated_at"] < reports[2]["generated_at"]
+    refused = subprocess.run([*command, "--watch", "0"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "--watch" in refused.stderr
+    code, output = serve.stop()
+    assert code == 0, output

@@ -225,6 +225,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         from node.worker import run_worker_process
 
         check_model(config.model)
+        _check_database(config)  # a worker never migrates: `serve` or `db upgrade` does
         stop = threading.Event()
         failures: list[BaseException] = []
 
@@ -330,6 +331,16 @@ def _status(
                     time.sleep(watch)
         except KeyboardInterrupt:
             return 0
+    finally:
+        engine.dispose()
+
+
+def _check_database(config: Config) -> None:
+    from node.db import check_schema, make_engine
+
+    engine = make_engine(config.database_url)
+    try:
+        check_schema(engine)
     finally:
         engine.dispose()
 

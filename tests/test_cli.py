@@ -366,3 +366,10 @@ def test_status_watch_refreshes_until_interrupted(serve: Serve, tmp_path: Path) 
     assert refused.returncode == 2 and "--watch" in refused.stderr
     code, output = serve.stop()
     assert code == 0, output
+
+
+def test_worker_refuses_a_database_without_the_schema(serve: Serve) -> None:
+    serve.config.write_text(serve.config.read_text() + "[model]\nallow_untrained = true\n")
+    result = serve.command("worker")
+    assert result.returncode == 1
+    assert "has no mura-node schema yet" in result.stderr and "Traceback" not in result.stderr

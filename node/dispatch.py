@@ -21,6 +21,7 @@ from node.config import Config, Destination
 from node.db import make_engine
 from node.outbox import Delivery, Outbox
 from node.repository import Clock, utcnow
+from node.stopflag import StopFlag
 from node.storage import FileStore
 from node.tls import client_context
 
@@ -63,7 +64,7 @@ class Dispatcher:
             self._send(destination, deliveries)
         return len(due)
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: StopFlag) -> None:
         while not stop.is_set():
             try:
                 attempted = self.run_once()
@@ -145,7 +146,7 @@ class Dispatcher:
         log.log(level, "delivery to %s failed (%s): %s", delivery.destination, state, error)
 
 
-def run_dispatcher_process(config: Config, stop: threading.Event | None = None) -> None:
+def run_dispatcher_process(config: Config, stop: StopFlag | None = None) -> None:
     dispatcher = Dispatcher(config)
     stop = stop or threading.Event()
     try:

@@ -16,9 +16,9 @@ import os
 import signal
 import socket
 import tempfile
-import threading
 import time
 from datetime import timedelta
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
@@ -37,6 +37,7 @@ from node.repository import Clock, Repository, utcnow
 from node.retention import purge_delivered
 from node.scheduler import CompletionScheduler
 from node.scp import StoreHandler, StoreSCP
+from node.stopflag import PipeStop
 from node.storage import FileStore
 from node.tls import client_context
 
@@ -95,7 +96,7 @@ class Node:
         if config.worker.processes > 0:
             check_model(config.model)
         self.context = multiprocessing.get_context("spawn")
-        self.children_stop = self.context.Event()
+        self.stop_reader, self.stop_writer = self.context.Pipe(duplex=False)
         self.children: list[BaseProcess] = []
         self.roles = ["worker"] * config.worker.processes + ["dispatcher"]
         self.started_at: dict[int, float] = {}
@@ -135,7 +136,7 @@ class Node:
         role = self.roles[index]
         process = self.context.Process(
             target=run_child,
-            args=(role, self.config, self.children_stop),
+            args=(role, self.config, self.stop_reader),
             name=f"mura-node-{role}-{index}",
             daemon=False,
         )
@@ -149,7 +150,7 @@ class Node:
         Its claimed study goes back to the queue at once (or ends FAILED once workers have died
         on it ``worker.max_crashes`` times). A child that keeps dying within a minute of its
         start is restarted after 1, 2, 4 ... at most 60 seconds."""
-        if self.children_stop.is_set():
+        if self.stop_writer.closed:
             return
         now = time.monotonic()
         for index, process in enumerate(self.children):
@@ -209,7 +210,7 @@ class Node:
         aborted = self.scp.stop(grace)
         if aborted:
             log.warning("aborted %d association(s) still open after the grace period", aborted)
-        self.children_stop.set()
+        self.stop_writer.close()  # every child sees end-of-file on its end
         deadline = time.monotonic() + grace
         for process in self.children:
             process.join(max(0.0, deadline - time.monotonic()))
@@ -250,26 +251,17 @@ def check_model(model: ModelConfig) -> None:
         load_weights(load_card(Path(card)))
 
 
-def run_child(role: str, config: Config, stop: Any) -> None:
-    """A worker or dispatcher process: logs like the parent, stops when ``stop`` is set."""
+def run_child(role: str, config: Config, stop_reader: Connection) -> None:
+    """A worker or dispatcher process: logs like the parent, stops when the parent closes its
+    end of the stop pipe, or dies."""
     from node.logs import configure_logging
 
     configure_logging(config.service)
     # The parent decides when to stop: Ctrl-C and systemd send SIGINT / SIGTERM to the whole
-    # process group, and a signal handler here must not touch ``stop`` (a multiprocessing Event:
-    # a handler interrupting this process inside stop.wait() would deadlock on its lock, and
-    # the parent with it).
+    # process group, and the parent then closes the stop pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    parent = os.getppid()
-
-    def watch_parent() -> None:  # a parent killed outright (SIGKILL, OOM) cannot say stop
-        while not stop.wait(1.0):
-            if os.getppid() != parent:
-                logging.getLogger(__name__).warning("the serve process is gone; stopping")
-                stop.set()
-
-    threading.Thread(target=watch_parent, name="watch-parent", daemon=True).start()
+    stop = PipeStop(stop_reader)
     if role == "worker":
         from node.worker import run_worker_process
 

@@ -43,6 +43,7 @@ from node.results.identity import AlgorithmInfo, NodeIdentity
 from node.results.sc import build_sc, render_heatmap
 from node.results.sr import build_sr
 from node.scheduler import short_uid
+from node.stopflag import StopFlag
 from node.storage import FileStore
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class Worker:
             self.pending.result()
             self.pending = None
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: StopFlag) -> None:
         done = threading.Event()
         heartbeat = threading.Thread(target=self._heartbeat, args=(done,), name="heartbeat")
         heartbeat.start()
@@ -247,7 +248,7 @@ class Worker:
             self.store.remove(item.file_path)
 
 
-def run_worker_process(config: Config, stop: threading.Event | None = None) -> None:
+def run_worker_process(config: Config, stop: StopFlag | None = None) -> None:
     """Entry point of a worker process started by `serve` (or `mura-node worker`)."""
     engine = InferenceEngine.from_config(config.model)
     worker = Worker(config, engine)

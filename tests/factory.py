@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -128,3 +129,45 @@ def dciodvfy_errors(path: Path) -> list[str]:
     return [
         line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")
     ]
+
+
+def pipeline_config(
+    directory: Path, port: int, destination: tuple[str, int], dicom_extra: str = ""
+) -> Path:
+    """A `serve` configuration with one untrained worker and one destination (AE title, port),
+    quick to complete studies and to deliver."""
+    config = directory / "mura-node.toml"
+    config.write_text(
+        f"""
+[dicom]
+host = "127.0.0.1"
+port = {port}
+{dicom_extra}
+[storage]
+data_dir = "{directory / "data"}"
+[completion]
+quiet_period_s = 1.0
+tick_interval_s = 0.2
+[model]
+allow_untrained = true
+[dispatch]
+poll_interval_s = 0.2
+[[destinations]]
+name = "{destination[0].lower()}"
+ae_title = "{destination[0]}"
+host = "127.0.0.1"
+port = {destination[1]}
+"""
+    )
+    return config
+
+
+def start_serve(config: Path) -> subprocess.Popen[str]:
+    """`mura-node serve` in its own process group (its children with it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "node", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )

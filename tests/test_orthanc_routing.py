@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from tests.factory import free_port, storescu, write_study
+from tests.factory import free_port, pipeline_config, start_serve, storescu, write_study
 from tests.orthanc import Orthanc
 from tests.test_cli import wait_for
 
@@ -49,36 +49,13 @@ def orthanc(tmp_path: Path, node_port: int) -> Iterator[Orthanc]:
 def test_orthanc_routes_a_study_and_gets_the_results_back(
     orthanc: Orthanc, node_port: int, tmp_path: Path
 ) -> None:
-    config = tmp_path / "mura-node.toml"
-    config.write_text(
-        f"""
-[dicom]
-host = "127.0.0.1"
-port = {node_port}
-accepted_calling_ae_titles = ["{orthanc.ae_title}"]
-[storage]
-data_dir = "{tmp_path / "data"}"
-[completion]
-quiet_period_s = 1.0
-tick_interval_s = 0.2
-[model]
-allow_untrained = true
-[dispatch]
-poll_interval_s = 0.2
-[[destinations]]
-name = "orthanc"
-ae_title = "{orthanc.ae_title}"
-host = "127.0.0.1"
-port = {orthanc.dicom_port}
-"""
+    config = pipeline_config(
+        tmp_path,
+        node_port,
+        (orthanc.ae_title, orthanc.dicom_port),
+        dicom_extra=f'accepted_calling_ae_titles = ["{orthanc.ae_title}"]',
     )
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "node", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    serve = start_serve(config)
     try:
         files = write_study(tmp_path / "study", 2, body_part="WRIST", rows=64, columns=64)
         study_uid = str(dcmread(files[0]).StudyInstanceUID)
@@ -92,6 +69,7 @@ port = {orthanc.dicom_port}
         instances = orthanc.instances()
         assert {i["StudyInstanceUID"] for i in instances} == {study_uid}
         assert classes() == sorted(["1.2.840.10008.5.1.4.1.1.1"] * 2 + [SC] * 2 + [SR])
+
         # The study is stable again after the results and Orthanc forwards it once more: the
         # node takes the identical images as re-sends and processes nothing twice.
         def forwarded_twice() -> bool:

@@ -266,41 +266,13 @@ def test_serve_end_to_end_with_worker_and_dispatcher_processes(
 ) -> None:
     import os
     import signal
-    import sys
     import time
 
-    from tests.factory import free_port
+    from tests.factory import free_port, pipeline_config, start_serve
 
     port = free_port()
-    config = tmp_path / "mura-node.toml"
-    config.write_text(
-        f"""
-[dicom]
-host = "127.0.0.1"
-port = {port}
-[storage]
-data_dir = "{tmp_path / "data"}"
-[completion]
-quiet_period_s = 1.0
-tick_interval_s = 0.2
-[model]
-allow_untrained = true
-[dispatch]
-poll_interval_s = 0.2
-[[destinations]]
-name = "orthanc"
-ae_title = "{orthanc.ae_title}"
-host = "127.0.0.1"
-port = {orthanc.dicom_port}
-"""
-    )
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "node", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    config = pipeline_config(tmp_path, port, (orthanc.ae_title, orthanc.dicom_port))
+    serve = start_serve(config)
     try:
         deadline = time.monotonic() + 120
         files = write_study(tmp_path / "study", 3, body_part="FINGER", rows=80, columns=64)

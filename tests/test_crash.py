@@ -305,19 +305,22 @@ port = {pacs.port}
     stop_sending = threading.Event()
 
     def sender(index: int) -> None:
-        for number in range(15):
-            if stop_sending.wait(0.5):
+        for number in range(6):
+            if stop_sending.wait(0.3):
                 return
             files = write_study(tmp_path / f"sender{index}-{number}", 2, body_part="ELBOW")
             send_study(serve.port, files, acked)
 
     serve.start()
     senders = [threading.Thread(target=sender, args=(i,), daemon=True) for i in range(4)]
-    for thread in senders:
-        thread.start()
     try:
-        wait_for(lambda: len(acked) >= 8, what="a load of instances")
-        wait_for(lambda: pacs.stores > 0, timeout=120, what="results to be delivered under load")
+        # A first study, processed and delivered: the worker has its model loaded.
+        first = write_study(tmp_path / "first", 2, body_part="ELBOW")
+        assert send_study(serve.port, first, acked)
+        wait_for(lambda: pacs.stores > 0, timeout=180, what="the first results to be delivered")
+        for thread in senders:
+            thread.start()
+        wait_for(lambda: len(acked) >= 10, what="a load of instances")
         assert all(thread.is_alive() for thread in senders)  # still sending
         assert serve.process is not None
         serve.process.send_signal(signal.SIGTERM)  # while senders keep sending
@@ -341,7 +344,7 @@ port = {pacs.port}
                 k for k, v in report.items() if v == 0
             }
 
-        wait_for(all_done, timeout=240, what="every study to be done after the restart")
+        wait_for(all_done, timeout=300, what="every study to be done after the restart")
         code, output = serve.stop()
         assert code == 0, output
     finally:

@@ -246,6 +246,8 @@ def _load_one(args: tuple[str, int, int, int]) -> Any:
         return dicom_file_to_tensor(Path(path), size, max_pixels)
     except UndecodableImage as exc:
         return exc
+    except Exception as exc:  # anything imaging did not foresee still fails only this image
+        return UndecodableImage(f"cannot prepare the image: {exc.__class__.__name__}: {exc}")
 
 
 class DicomPreprocessor:
@@ -253,7 +255,8 @@ class DicomPreprocessor:
 
     Decoding a large JPEG 2000 radiograph takes a tenth of a second or more of CPU; in separate
     processes it runs in parallel and never holds up the process that runs the model. A file that
-    cannot be decoded comes back as an UndecodableImage instead of a tensor."""
+    cannot be decoded (or that fails in any other way, even a MemoryError) comes back as an
+    UndecodableImage instead of a tensor."""
 
     def __init__(
         self, workers: int = 0, size: int = INPUT_SIZE, max_pixels: int = MAX_PIXELS

@@ -13,7 +13,16 @@ DICOM choices, in the order they are applied (PS3.3 C.11 "grayscale pipeline"):
 
 - Decoding goes through pydicom and its plugins (pylibjpeg-libjpeg: JPEG baseline and lossless;
   pylibjpeg-openjpeg: JPEG 2000; pyjpegls: JPEG-LS; RLE built in). Multi-frame objects contribute
-  their first frame. Rows x Columns x frames above ``max_pixels`` are refused before decoding.
+  their first frame, and only that frame is decoded. Rows x Columns x frames above ``max_pixels``
+  are refused before decoding.
+- Nothing a peer sent may make decoding take more memory than the image the data set declares
+  (a decompression bomb): before decoding, a JPEG, JPEG-LS or JPEG 2000 frame whose own header
+  declares another size or number of components than Rows, Columns and SamplesPerPixel is
+  refused (decoders allocate what the codestream declares), an RLE frame whose segments would
+  decode to more than Rows x Columns bytes each is refused, and a deflated data set is inflated
+  only as far as its image needs (``read_dicom``).
+- Every failure on the way (unreadable attributes, a broken LUT, values that are not finite
+  numbers after the modality LUT and VOI) is an ``UndecodableImage`` that says why.
 - Colour (SamplesPerPixel 3): pydicom converts YBR to RGB; values are divided by 2**BitsStored - 1.
   No VOI applies to colour images.
 - Modality LUT / RescaleSlope and RescaleIntercept first (this also makes signed pixels plain
@@ -34,15 +43,23 @@ images are converted to RGB first, like PIL's ``convert("RGB")`` that MURA repro
 
 from __future__ import annotations
 
+import io
+import itertools
+import struct
+import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import get_frame
+from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, apply_voi
+from pydicom.pixels import apply_modality_lut, apply_voi, pixel_array
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, RLELossless
 
 from node.errors import UndecodableImage
 
@@ -52,37 +69,171 @@ INPUT_SIZE = 320
 MAX_PIXELS = 100_000_000
 PERCENTILES = (0.5, 99.5)
 PERCENTILE_SAMPLE = 250_000
+# A deflated data set is inflated in two steps: this much to read its header (and so the size of
+# its image), then at most the header, the image's bytes and this slack.
+DEFLATED_HEADER_BYTES = 4 * 1024 * 1024
+DEFLATED_SLACK_BYTES = 1024 * 1024
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 
 
 def dicom_to_unit(ds: Dataset, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode a DICOM image into display values in [0, 1] (see the module docstring)."""
-    rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
-    frames = int(ds.get("NumberOfFrames") or 1)
+    rows, columns, frames = _image_size(ds)
     if rows <= 0 or columns <= 0:
         raise UndecodableImage(f"image has {rows} rows and {columns} columns")
     if rows * columns * max(frames, 1) > max_pixels:
         raise UndecodableImage(
             f"image of {rows} x {columns} x {frames} pixels exceeds {max_pixels}"
         )
+    samples = _integer(ds, "SamplesPerPixel", 1)
+    _check_compressed_frame(ds, rows, columns, samples, frames)
     try:
-        pixels = ds.pixel_array
+        pixels = pixel_array(ds, index=0)  # the first frame only
     except Exception as exc:  # decoders raise many types on corrupt or unsupported data
         raise UndecodableImage(
             f"cannot decode pixel data: {exc.__class__.__name__}: {exc}"
         ) from None
-    samples = int(ds.get("SamplesPerPixel") or 1)
-    if frames > 1 or pixels.ndim == (4 if samples == 3 else 3):
-        pixels = pixels[0]
-    bits = int(ds.get("BitsStored") or 8)
-    if samples == 3:
-        return np.clip(pixels.astype(np.float32) / float(2**bits - 1), 0.0, 1.0)
-    if pixels.ndim != 2:
-        raise UndecodableImage(f"unexpected pixel array shape {pixels.shape}")
-    values = apply_modality_lut(pixels, ds).astype(np.float32, copy=False)
-    unit = _voi(values, ds, bits)
-    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
-        unit = 1.0 - unit
+    bits = _integer(ds, "BitsStored", 8)
+    try:
+        if samples == 3:
+            unit = np.clip(pixels.astype(np.float32) / float(2**bits - 1), 0.0, 1.0)
+        else:
+            if pixels.ndim != 2:
+                raise UndecodableImage(f"unexpected pixel array shape {pixels.shape}")
+            values = apply_modality_lut(pixels, ds).astype(np.float32, copy=False)
+            unit = _voi(values, ds, bits)
+            if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+                unit = 1.0 - unit
+    except UndecodableImage:
+        raise
+    except Exception as exc:  # a malformed LUT, window or rescale attribute
+        raise UndecodableImage(
+            f"cannot apply the modality LUT or VOI: {exc.__class__.__name__}: {exc}"
+        ) from None
+    if not np.isfinite(unit).all():
+        raise UndecodableImage(
+            "display values are not finite numbers (check RescaleSlope, RescaleIntercept, "
+            "WindowCenter and WindowWidth)"
+        )
     return np.clip(unit, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def _integer(ds: Dataset, keyword: str, default: int) -> int:
+    """An integer attribute, or ``default`` when absent or empty; UndecodableImage when invalid."""
+    try:
+        value = ds.get(keyword)
+        if isinstance(value, MultiValue | list | tuple):
+            value = value[0] if len(value) else None
+        return default if value is None or value == "" else int(value)
+    except Exception:
+        raise UndecodableImage(f"{keyword} is not an integer") from None
+
+
+def _image_size(ds: Dataset) -> tuple[int, int, int]:
+    return _integer(ds, "Rows", 0), _integer(ds, "Columns", 0), _integer(ds, "NumberOfFrames", 1)
+
+
+def _check_compressed_frame(
+    ds: Dataset, rows: int, columns: int, samples: int, frames: int
+) -> None:
+    """Refuse, before any decoder sees it, a compressed first frame that would decode to more
+    than the image the data set declares."""
+    syntax = getattr(ds.get("file_meta"), "TransferSyntaxUID", None)
+    if "PixelData" not in ds or syntax is None or not UID(str(syntax)).is_encapsulated:
+        return  # nothing to check, or native pixel data: the decoder checks its length
+    try:
+        frame = get_frame(ds.PixelData, 0, number_of_frames=max(frames, 1))
+    except Exception as exc:
+        raise UndecodableImage(
+            f"cannot decode pixel data: {exc.__class__.__name__}: {exc}"
+        ) from None
+    if syntax == RLELossless:
+        _check_rle_frame(frame, rows * columns)
+        return
+    try:
+        declared = codestream_size(frame)
+    except ValueError as exc:
+        raise UndecodableImage(f"cannot decode pixel data: {exc}") from None
+    if declared is None:
+        return  # not a codestream this check knows; the decoder decides
+    height, width, components = declared
+    if (height, width, components) != (rows, columns, samples):
+        raise UndecodableImage(
+            f"compressed frame declares {height} x {width} pixels with {components} "
+            f"component(s), the data set {rows} x {columns} with {samples}"
+        )
+
+
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7})
+_SOF_MARKERS |= frozenset({0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7})  # 0xF7: JPEG-LS SOF55
+
+
+def codestream_size(frame: bytes) -> tuple[int, int, int] | None:
+    """(rows, columns, components) that a JPEG, JPEG-LS or JPEG 2000 frame declares in its own
+    header; None when the frame starts with none of these; ValueError when the header that it
+    starts with is broken."""
+    if frame.startswith(b"\x00\x00\x00\x0cjP  "):  # JP2 file format: the codestream box
+        box = frame.find(b"jp2c")
+        return None if box < 0 else codestream_size(frame[box + 4 :])
+    if frame[:4] == b"\xff\x4f\xff\x51":  # JPEG 2000: SOC, then SIZ (15444-1 A.5.1)
+        if len(frame) < 42:
+            raise ValueError("JPEG 2000 SIZ segment is cut short")
+        xsiz, ysiz, x_offset, y_offset = struct.unpack(">4I", frame[8:24])
+        components = struct.unpack(">H", frame[40:42])[0]
+        return ysiz - y_offset, xsiz - x_offset, components
+    if frame[:2] != b"\xff\xd8":  # JPEG and JPEG-LS: SOI, then segments up to the SOF
+        return None
+    offset = 2
+    while offset + 4 <= len(frame):
+        if frame[offset] != 0xFF:
+            raise ValueError("JPEG marker segments are broken before the frame header")
+        marker = frame[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if marker in _SOF_MARKERS:
+            if offset + 10 > len(frame):
+                raise ValueError("JPEG frame header is cut short")
+            height, width = struct.unpack(">HH", frame[offset + 5 : offset + 9])
+            return height, width, frame[offset + 9]
+        if marker in (0xD9, 0xDA):  # EOI or SOS before any SOF
+            break
+        offset += 2 + struct.unpack(">H", frame[offset + 2 : offset + 4])[0]
+    raise ValueError("JPEG data has no frame header")
+
+
+def _check_rle_frame(frame: bytes, segment_bytes: int) -> None:
+    """Refuse an RLE frame (PS3.5 G) with a segment that decodes to far more than one byte plane
+    of the image: pydicom decodes a segment whole before it cuts it to length, and two bytes of
+    input can make 128 bytes of output. Some encoders pad a little, so up to twice is let be."""
+    if len(frame) < 64:
+        return  # the decoder refuses it
+    count, *offsets = struct.unpack("<16L", frame[:64])
+    bounds = [*offsets[: min(count, 15)], len(frame)]
+    if not 1 <= count <= 15 or any(b <= a for a, b in itertools.pairwise([63, *bounds])):
+        return  # a malformed header: the decoder refuses it without decoding anything
+    limit = 2 * segment_bytes + 1024
+    for start, stop in itertools.pairwise(bounds):
+        if _rle_decoded_length(frame, start, stop, limit) > limit:
+            raise UndecodableImage(
+                f"an RLE segment decodes to more than twice the {segment_bytes} bytes it should"
+            )
+
+
+def _rle_decoded_length(frame: bytes, start: int, stop: int, limit: int) -> int:
+    """Bytes one PackBits segment decodes to, counting stops once past ``limit``."""
+    position, total = start, 0
+    while position < stop and total <= limit:
+        header = frame[position]
+        if header > 128:  # a run: the next byte 257 - header times
+            total += 257 - header
+            position += 2
+        elif header < 128:  # header + 1 literal bytes
+            total += header + 1
+            position += header + 2
+        else:
+            position += 1
+    return total
 
 
 def _voi(values: np.ndarray, ds: Dataset, bits: int) -> np.ndarray:
@@ -157,18 +308,86 @@ def unit_to_tensor(unit: np.ndarray, size: int = INPUT_SIZE) -> torch.Tensor:
     return ((resized - mean) / std).contiguous()
 
 
-def read_dicom(path: Path) -> Dataset:
+def read_dicom(path: Path, max_pixels: int = MAX_PIXELS) -> Dataset:
+    """Read a stored file; a deflated data set is inflated only as far as its image needs."""
     try:
+        meta = read_file_meta_info(path)
+        if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+            return _read_deflated(path, meta, max_pixels)
         return dcmread(path)
+    except UndecodableImage:
+        raise
     except Exception as exc:
         raise UndecodableImage(f"cannot read DICOM file: {exc.__class__.__name__}") from None
+
+
+def _read_deflated(path: Path, meta: FileMetaDataset, max_pixels: int) -> Dataset:
+    """pydicom inflates a deflated data set whole, however large it inflates (a deflate bomb of
+    a few megabytes becomes gigabytes). Here: inflate enough to read the header, work out how
+    many bytes its image has, and refuse a data set that inflates to more."""
+    with path.open("rb") as fp:
+        _skip_file_meta(fp)
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        inflated = bytearray()
+
+        def inflate_to(limit: int) -> None:
+            while len(inflated) < limit and not inflater.eof:
+                data = inflater.unconsumed_tail or fp.read(1 << 20)
+                if not data:
+                    return
+                inflated.extend(inflater.decompress(data, limit - len(inflated)))
+
+        inflate_to(DEFLATED_HEADER_BYTES)
+        header = read_dataset(
+            io.BytesIO(bytes(inflated)),
+            False,
+            True,
+            stop_when=lambda tag, _vr, _length: int(tag) in _PIXEL_TAGS,
+        )
+        rows, columns, frames = _image_size(header)
+        if rows * columns * max(frames, 1) > max_pixels:
+            raise UndecodableImage(
+                f"image of {rows} x {columns} x {frames} pixels exceeds {max_pixels}"
+            )
+        samples = min(max(_integer(header, "SamplesPerPixel", 1), 1), 4)
+        bytes_per_sample = min(max(-(-_integer(header, "BitsAllocated", 16) // 8), 1), 8)
+        image_bytes = max(rows, 0) * max(columns, 0) * max(frames, 1) * samples * bytes_per_sample
+        limit = DEFLATED_HEADER_BYTES + image_bytes + DEFLATED_SLACK_BYTES
+        inflate_to(limit + 1)
+        if len(inflated) > limit:
+            raise UndecodableImage(
+                f"deflated data set inflates to more than {limit} bytes, more than its "
+                f"{rows} x {columns} image needs"
+            )
+    ds = read_dataset(io.BytesIO(bytes(inflated)), False, True)
+    ds.file_meta = meta
+    ds.set_original_encoding(False, True)
+    return ds
+
+
+def _skip_file_meta(fp: BinaryIO) -> None:
+    """Position ``fp`` after the preamble, the DICM prefix and the File Meta group (0002)."""
+    fp.seek(132)
+    long_length = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN"}
+    long_length |= {b"UR", b"UT", b"UV"}
+    while True:
+        start = fp.tell()
+        head = fp.read(8)
+        if len(head) < 8 or struct.unpack("<H", head[:2])[0] != 0x0002:
+            fp.seek(start)
+            return
+        if head[4:6] in long_length:
+            length = struct.unpack("<L", fp.read(4))[0]
+        else:
+            length = struct.unpack("<H", head[6:8])[0]
+        fp.seek(length, 1)
 
 
 def dicom_file_to_tensor(
     path: Path, size: int = INPUT_SIZE, max_pixels: int = MAX_PIXELS
 ) -> torch.Tensor:
     """The serving path: a stored DICOM file to model input."""
-    return unit_to_tensor(dicom_to_unit(read_dicom(path), max_pixels), size)
+    return unit_to_tensor(dicom_to_unit(read_dicom(path, max_pixels), max_pixels), size)
 
 
 def png_file_to_tensor(path: Path, size: int = INPUT_SIZE) -> torch.Tensor:
@@ -195,5 +414,5 @@ def dicom_file_to_inputs(
     path: Path, size: int = INPUT_SIZE, max_pixels: int = MAX_PIXELS, display_side: int = 1024
 ) -> tuple[torch.Tensor, np.ndarray]:
     """One decode, two outputs: the model input and the display image for the heatmap."""
-    unit = dicom_to_unit(read_dicom(path), max_pixels)
+    unit = dicom_to_unit(read_dicom(path, max_pixels), max_pixels)
     return unit_to_tensor(unit, size), display_image(unit, display_side)

@@ -21,6 +21,7 @@ whole in memory; the store then adopts that file (see node/storage.py).
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import logging
 import re
@@ -29,6 +30,7 @@ import socketserver
 import ssl
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -37,10 +39,13 @@ from typing import Any, cast
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_file_meta_info
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from node import metrics
@@ -66,6 +71,9 @@ CANNOT_PARSE = 0xC000
 BAD_IDENTIFIER = 0xC001
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+DEFLATED_HEADER_BYTES = 16 * 1024 * 1024
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+MIN_PDU_LIMIT = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -90,28 +98,60 @@ def is_uid(value: str | None) -> bool:
 def read_header(path: Path) -> Header:
     """Parse the data set's header (no pixel data); raise UnreadableDataset on any failure."""
     try:
-        ds = dcmread(path, stop_before_pixels=True)
+        ds = _read_header_dataset(path)
+        if "SOPClassUID" not in ds:
+            # pydicom stops at an element it cannot read and returns what it had, often nothing
+            raise UnreadableDataset("cannot parse data set: no SOP Class UID could be read")
+
+        def uid(keyword: str) -> str | None:  # whole, so that is_uid sees every character
+            value = ds.get(keyword)
+            return None if value is None or value == "" else str(value).strip() or None
 
         def text(keyword: str) -> str | None:
-            value = ds.get(keyword)
-            if value is None or value == "":
-                return None
-            return str(value).strip()[:64] or None
+            value = uid(keyword)
+            return None if value is None else value[:64]
 
         header = Header(
-            sop_class_uid=text("SOPClassUID") or "",
-            sop_instance_uid=text("SOPInstanceUID") or "",
-            study_instance_uid=text("StudyInstanceUID") or "",
-            series_instance_uid=text("SeriesInstanceUID"),
+            sop_class_uid=uid("SOPClassUID") or "",
+            sop_instance_uid=uid("SOPInstanceUID") or "",
+            study_instance_uid=uid("StudyInstanceUID") or "",
+            series_instance_uid=uid("SeriesInstanceUID"),
             modality=text("Modality"),
             body_part_examined=text("BodyPartExamined"),
             protocol_name=text("ProtocolName"),
             series_description=text("SeriesDescription"),
             study_description=text("StudyDescription"),
         )
+    except UnreadableDataset:
+        raise
     except Exception as exc:  # pydicom raises many types on malformed input
         raise UnreadableDataset(f"cannot parse data set: {exc.__class__.__name__}") from None
     return header
+
+
+def _read_header_dataset(path: Path) -> Dataset:
+    """The data set up to its pixel data. pydicom inflates a deflated data set whole before it
+    reads an element (a deflate bomb of a few hundred kilobytes is gigabytes); here only the
+    first DEFLATED_HEADER_BYTES are inflated, enough for any header."""
+    meta = read_file_meta_info(path)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return dcmread(path, stop_before_pixels=True)
+    with path.open("rb") as fp:
+        fp.seek(128 + 4)  # preamble and "DICM"
+        _read_file_meta_info(fp)  # leaves fp at the data set
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        inflated = bytearray()
+        while len(inflated) < DEFLATED_HEADER_BYTES and not inflater.eof:
+            data = inflater.unconsumed_tail or fp.read(1 << 20)
+            if not data:
+                break
+            inflated += inflater.decompress(data, DEFLATED_HEADER_BYTES - len(inflated))
+    return read_dataset(
+        io.BytesIO(bytes(inflated)),
+        False,
+        True,
+        stop_when=lambda tag, _vr, _length: tag in _PIXEL_TAGS,
+    )
 
 
 class StoreHandler:
@@ -284,12 +324,48 @@ def _on_accepted(event: evt.Event) -> None:
     )
 
 
+def _remove_partial_data_set(event: evt.Event) -> None:
+    """A data set cut off by an abort or a dropped connection stays in pynetdicom's temporary
+    file, which only a completed C-STORE removes; remove it now, or repeated aborts fill the disk."""
+    message = getattr(getattr(event.assoc, "dimse", None), "message", None)
+    handle = getattr(message, "_data_set_file", None)
+    if handle is None:
+        return
+    try:
+        handle.close()
+        Path(handle.name).unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("cannot remove a partial data set: %s", exc)
+
+
 def _on_rejected(event: evt.Event) -> None:
     log.warning(
         "association rejected from %s (%s)",
         event.assoc.requestor.ae_title,
         event.assoc.requestor.address,
     )
+
+
+class _BoundedSocket(AssociationSocket):
+    """pynetdicom reads a whole PDU into memory, whatever length the peer announces (up to
+    4 GiB, even before an association exists). A PDU over the limit ends the connection."""
+
+    limit = MIN_PDU_LIMIT
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        if nr_bytes > self.limit:
+            raise OSError(f"the peer announced a PDU of {nr_bytes} bytes (limit {self.limit})")
+        return super().recv(nr_bytes)
+
+
+class _BoundedRequestHandler(RequestHandler):
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        socket_ = assoc.dul.socket
+        if socket_ is not None:
+            socket_.__class__ = _BoundedSocket
+            cast(_BoundedSocket, socket_).limit = getattr(self.server, "pdu_limit", MIN_PDU_LIMIT)
+        return assoc
 
 
 class AssociationServer(ThreadedAssociationServer):
@@ -302,6 +378,7 @@ class AssociationServer(ThreadedAssociationServer):
     ``handshake_timeout_s``, and a failed handshake closes that connection alone."""
 
     handshake_timeout_s = 10.0
+    pdu_limit = MIN_PDU_LIMIT
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
@@ -373,6 +450,8 @@ class StoreSCP:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, _on_accepted),
             (evt.EVT_REJECTED, _on_rejected),
+            (evt.EVT_ABORTED, _remove_partial_data_set),
+            (evt.EVT_CONN_CLOSE, _remove_partial_data_set),
         ]
         address = (self.config.host, self.config.port)
         try:
@@ -381,6 +460,7 @@ class StoreSCP:
                 evt_handlers=handlers,
                 ssl_context=self.ssl_context,
                 server_class=AssociationServer,
+                request_handler=_BoundedRequestHandler,
             )
         except OSError as exc:
             raise ListenError(
@@ -388,6 +468,10 @@ class StoreSCP:
             ) from None
         assert isinstance(server, AssociationServer)
         server.handshake_timeout_s = self.config.tls_handshake_timeout_s
+        # Peers must keep to the PDU size the node advertises; the 1 MiB floor (256 MiB when
+        # unlimited) leaves room for peers that round it up.
+        advertised = self.config.maximum_pdu_size or 256 * MIN_PDU_LIMIT
+        server.pdu_limit = max(advertised + 6, MIN_PDU_LIMIT)
         threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True).start()
         self.ae._servers.append(server)
         self.server = server

@@ -245,6 +245,8 @@ def check_model(model: ModelConfig) -> None:
             "(see models/README.md), model.allow_untrained = true to run without weights, "
             "or worker.processes = 0 for a node that only receives"
         )
+    if not model.cards:
+        return  # untrained: nothing to check, and no reason to load PyTorch in this process
     from node.cards import load_card, load_weights
 
     for card in model.cards:

@@ -353,10 +353,11 @@ def test_status_watch_refreshes_until_interrupted(serve: Serve, tmp_path: Path) 
     assert storescu(serve.port, write_study(tmp_path / "study", 1)).returncode == 0
     command = [sys.executable, "-m", "node", "status", "--config", str(serve.config)]
     watch = subprocess.Popen(
-        [*command, "--watch", "0.2", "--json"], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+        [*command, "--watch", "0.6", "--json"], stdout=subprocess.PIPE, text=True, cwd=tmp_path
     )
     assert watch.stdout is not None
-    reports = [json.loads(watch.stdout.readline()) for _ in range(3)]  # one JSON line each time
+    # one JSON line each time; three span more than a second (the report has whole seconds)
+    reports = [json.loads(watch.stdout.readline()) for _ in range(3)]
     watch.send_signal(signal.SIGINT)
     watch.communicate(timeout=30)
     assert watch.returncode == 0

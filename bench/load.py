@@ -45,7 +45,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -62,31 +61,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.ingest import wait_listening  # noqa: E402
+from tests.factory import free_port  # noqa: E402
+
 CR = "1.2.840.10008.5.1.4.1.1.1"
 DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
 EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 PDU = 262144
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"receiver exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("receiver did not start listening")
 
 
 # -- corpus -------------------------------------------------------------------------------------
@@ -456,7 +439,7 @@ def run_bare(workdir: Path, corpus: list[list[Study]], args: argparse.Namespace)
     command = [sys.executable, "-c", BARE_SCP, str(port), str(out), str(PDU), str(len(corpus) + 8)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
     try:
-        wait_listening(port, process)
+        wait_listening(port, process, timeout=120)
         stacks = workdir / "bare-stacks"
         stacks.mkdir()
         start, end, results, stalls = send_all(corpus, port, "BARE", args, stacks)
@@ -974,7 +957,7 @@ def run_node(
     db = None
     problems: list[str] = []
     try:
-        wait_listening(port, serve)
+        wait_listening(port, serve, timeout=120)
         db = NodeDatabase(database_url or f"sqlite:///{(data / 'mura-node.db').resolve()}")
         warm = send_warm_up(workdir / "warm", port)
         sink.warm_up = {warm.uid}

@@ -62,26 +62,22 @@ class CompletionScheduler:
         return outcomes
 
     def start(self) -> None:
+        self._every(self.tick, self.interval_s, "completion")
+        if self.housekeeping is not None:
+            self._every(self._housekeep, self.housekeeping_interval_s, "housekeeping")
+        self._scheduler.start()
+
+    def _every(self, job: Callable[[], object], seconds: float, name: str) -> None:
+        """Run ``job`` now and every ``seconds``; a run that is still going is not doubled."""
         self._scheduler.add_job(
-            self.tick,
+            job,
             "interval",
-            seconds=self.interval_s,
+            seconds=seconds,
             max_instances=1,
             coalesce=True,
             next_run_time=datetime.now(UTC),
-            id="completion",
+            id=name,
         )
-        if self.housekeeping is not None:
-            self._scheduler.add_job(
-                self._housekeep,
-                "interval",
-                seconds=self.housekeeping_interval_s,
-                max_instances=1,
-                coalesce=True,
-                next_run_time=datetime.now(UTC),
-                id="housekeeping",
-            )
-        self._scheduler.start()
 
     def _housekeep(self) -> None:
         assert self.housekeeping is not None

@@ -212,13 +212,13 @@ class Node:
             log.warning("aborted %d association(s) still open after the grace period", aborted)
         self.stop_writer.close()  # every child sees end-of-file on its end
         deadline = time.monotonic() + grace
-        for process in self.children:
+        for role, process in zip(self.roles, self.children, strict=False):
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 log.warning("%s did not stop within the grace period; killing it", process.name)
                 process.kill()  # it ignores SIGTERM (see run_child)
                 process.join(10)
-                if self.roles[self.children.index(process)] == "worker" and process.pid:
+                if role == "worker" and process.pid:
                     self._release_claims_of(process.pid, "was killed at shutdown")
         self.handler.close()
         if self.endpoints is not None:

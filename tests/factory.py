@@ -17,6 +17,18 @@ CR = "1.2.840.10008.5.1.4.1.1.1"
 DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 DX_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+# The Image Pixel module's attributes: without them a data set is no image.
+IMAGE_PIXEL_KEYWORDS = (
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "PixelData",
+)
 PATIENT_NAME = "Testpatient^Henrietta"
 PATIENT_ID = "PID-998877"
 

@@ -159,6 +159,35 @@ def test_worker_killed_by_a_crash_is_restarted_and_its_study_done_once(tmp_path:
         pacs.stop()
 
 
+def serve_with_worker_and_destination(
+    tmp_path: Path,
+    pacs: dest.Destination,
+    quiet_period_s: float,
+    worker: str = "",
+    dispatch: str = "",
+) -> Serve:
+    """`serve` with one untrained worker and ``pacs`` as its destination."""
+    serve = Serve(tmp_path)
+    serve.config.write_text(
+        serve.config.read_text()
+        .replace("quiet_period_s = 3.0", f"quiet_period_s = {quiet_period_s}")
+        .replace("processes = 0", f"processes = 1\npoll_interval_s = 0.2\n{worker}")
+        + f"""
+[model]
+allow_untrained = true
+[dispatch]
+poll_interval_s = 0.2
+{dispatch}
+[[destinations]]
+name = "pacs"
+ae_title = "PACS"
+host = "127.0.0.1"
+port = {pacs.port}
+"""
+    )
+    return serve
+
+
 def send_study(port: int, files: list[Path], acked: set[str]) -> bool:
     """One association per study; the SOP Instance UIDs the node acknowledged go to ``acked``."""
     ae = AE(ae_title="MODALITY")
@@ -192,24 +221,12 @@ def send_study(port: int, files: list[Path], acked: set[str]) -> bool:
 def test_sigkill_during_a_burst_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     pacs = dest.Destination()
     pacs.start()
-    serve = Serve(tmp_path)
-    serve.config.write_text(
-        serve.config.read_text()
-        .replace("quiet_period_s = 3.0", "quiet_period_s = 10.0")
-        .replace("processes = 0", "processes = 1\npoll_interval_s = 0.2\nlease_s = 3.0")
-        + f"""
-[model]
-allow_untrained = true
-[dispatch]
-poll_interval_s = 0.2
-timeout_s = 2.0
-first_retry_s = 0.5
-[[destinations]]
-name = "pacs"
-ae_title = "PACS"
-host = "127.0.0.1"
-port = {pacs.port}
-"""
+    serve = serve_with_worker_and_destination(
+        tmp_path,
+        pacs,
+        quiet_period_s=10.0,
+        worker="lease_s = 3.0",
+        dispatch="timeout_s = 2.0\nfirst_retry_s = 0.5",
     )
     studies = [
         write_study(tmp_path / f"s{i}", 2, body_part="WRIST", rows=96, columns=96) for i in range(8)
@@ -284,23 +301,7 @@ def test_graceful_shutdown_under_load_loses_nothing(tmp_path: Path) -> None:
 
     pacs = dest.Destination()
     pacs.start()
-    serve = Serve(tmp_path)
-    serve.config.write_text(
-        serve.config.read_text()
-        .replace("quiet_period_s = 3.0", "quiet_period_s = 1.0")
-        .replace("processes = 0", "processes = 1\npoll_interval_s = 0.2")
-        + f"""
-[model]
-allow_untrained = true
-[dispatch]
-poll_interval_s = 0.2
-[[destinations]]
-name = "pacs"
-ae_title = "PACS"
-host = "127.0.0.1"
-port = {pacs.port}
-"""
-    )
+    serve = serve_with_worker_and_destination(tmp_path, pacs, quiet_period_s=1.0)
     acked: set[str] = set()
     stop_sending = threading.Event()
 

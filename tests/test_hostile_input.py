@@ -75,7 +75,15 @@ from node.scp import Header, header_of
 from node.service import Node
 from node.worker import Worker
 from tests.conftest import FakeClock, node_config
-from tests.factory import BASIC_TEXT_SR, CR, DX_PRESENTATION, make_radiograph, storescu, write
+from tests.factory import (
+    BASIC_TEXT_SR,
+    CR,
+    DX_PRESENTATION,
+    IMAGE_PIXEL_KEYWORDS,
+    make_radiograph,
+    storescu,
+    write,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom.*")
 
@@ -307,15 +315,7 @@ def broken_items() -> Hostile:
 
 def text_report() -> Hostile:
     ds = without(
-        "Rows",
-        "Columns",
-        "BitsAllocated",
-        "BitsStored",
-        "HighBit",
-        "PixelRepresentation",
-        "SamplesPerPixel",
-        "PhotometricInterpretation",
-        "PixelData",
+        *IMAGE_PIXEL_KEYWORDS,
         sop_class=BASIC_TEXT_SR,
     )
     ds.Modality = "SR"
@@ -506,15 +506,7 @@ CASES = [
         "cr-without-image",
         lambda: of(
             without(
-                "Rows",
-                "Columns",
-                "BitsAllocated",
-                "BitsStored",
-                "HighBit",
-                "PixelRepresentation",
-                "SamplesPerPixel",
-                "PhotometricInterpretation",
-                "PixelData",
+                *IMAGE_PIXEL_KEYWORDS,
             )
         ),
         "image has 0 rows and 0 columns",

@@ -25,6 +25,7 @@ from tests.factory import (
     CR,
     DX_PRESENTATION,
     DX_PROCESSING,
+    IMAGE_PIXEL_KEYWORDS,
     dcmtk_env,
     make_radiograph,
     storescu,
@@ -227,17 +228,7 @@ def test_other_storage_class_is_accepted_and_ignored(
     study_uid = generate_uid()
     image = write(make_radiograph(study_uid=study_uid), tmp_path / "image.dcm")
     ds = make_radiograph(study_uid=study_uid, sop_class=BASIC_TEXT_SR)
-    for keyword in (
-        "Rows",
-        "Columns",
-        "BitsAllocated",
-        "BitsStored",
-        "HighBit",
-        "PixelRepresentation",
-        "SamplesPerPixel",
-        "PhotometricInterpretation",
-        "PixelData",
-    ):
+    for keyword in IMAGE_PIXEL_KEYWORDS:
         delattr(ds, keyword)
     ds.Modality = "SR"
     report = write(ds, tmp_path / "report.dcm")

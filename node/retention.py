@@ -15,7 +15,7 @@ again and re-opens the study, which is then processed again from what has arrive
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, exists, select, update
 from sqlalchemy.orm import Session
@@ -58,7 +58,9 @@ def purge_delivered(
     return purged
 
 
-def _purge_study(engine: Engine, study_id: int, cutoff: object, now: object) -> list[str] | None:
+def _purge_study(
+    engine: Engine, study_id: int, cutoff: datetime, now: datetime
+) -> list[str] | None:
     with Session(engine) as session, session.begin():
         study = session.scalar(
             select(Study)
@@ -67,7 +69,7 @@ def _purge_study(engine: Engine, study_id: int, cutoff: object, now: object) -> 
         )
         if study is None or study.state not in (StudyState.DONE, StudyState.IGNORED):
             return None  # changed since it was selected (a late image re-opened it)
-        if study.state_changed_at > cutoff:  # type: ignore[operator]
+        if study.state_changed_at > cutoff:
             return None
         files = [
             path
@@ -82,7 +84,7 @@ def _purge_study(engine: Engine, study_id: int, cutoff: object, now: object) -> 
         session.execute(
             update(Instance).where(Instance.study_id == study_id).values(file_path=None)
         )
-        study.purged_at = now  # type: ignore[assignment]
+        study.purged_at = now
         session.add(
             StudyEvent(
                 study_id=study_id, at=now, event="purged", detail=f"{len(files)} file(s) removed"

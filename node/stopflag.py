@@ -35,6 +35,3 @@ class PipeStop:
         if not self._stopped and self.reader.poll(timeout):  # end-of-file: stop
             self._stopped = True
         return self._stopped
-
-    def set(self) -> None:
-        self._stopped = True

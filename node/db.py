@@ -22,6 +22,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Engine,
     ForeignKey,
@@ -32,6 +33,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
 )
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -89,6 +91,7 @@ class Study(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    held_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Instance(Base):
@@ -112,6 +115,7 @@ class Instance(Base):
     series_description: Mapped[str | None] = mapped_column(String(64))
     study_description: Mapped[str | None] = mapped_column(String(64))
     study_type: Mapped[str | None] = mapped_column(String(16))
+    anatomic_region: Mapped[str | None] = mapped_column(String(64))
 
 
 class StudyEvent(Base):
@@ -155,6 +159,7 @@ class Dispatch(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_status: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
+    unanswered: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

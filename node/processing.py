@@ -79,8 +79,12 @@ class ProcessingRepository:
         results: Sequence[ResultFile],
         destinations: Sequence[Destination],
         summary: str,
+        header_changes: str | None = None,
     ) -> bool:
-        """Record the results and their deliveries; False when the claim is no longer ours."""
+        """Record the results and their deliveries; False when the claim is no longer ours.
+
+        ``header_changes`` (keywords and reasons, no values) goes into the study's history as a
+        "headers cleaned" event, in the same transaction as the results."""
         now = self.clock()
         with Session(self.engine) as session, session.begin():
             if not self._still_ours(session, claimed, worker_id):
@@ -116,6 +120,15 @@ class ProcessingRepository:
                         deliveries += 1
             state = StudyState.DISPATCHING if deliveries else StudyState.DONE
             self._set_state(session, claimed, state, summary, now)
+            if header_changes:
+                session.add(
+                    StudyEvent(
+                        study_id=claimed.study_id,
+                        at=now,
+                        event="headers cleaned",
+                        detail=header_changes,
+                    )
+                )
             session.add(
                 StudyEvent(study_id=claimed.study_id, at=now, event="results", detail=summary)
             )
@@ -186,7 +199,8 @@ class ProcessingRepository:
                 if crashes >= self.max_crashes:
                     values["state"] = StudyState.FAILED
                     values["reason"] = (
-                        f"its worker stopped {crashes} times while processing it ({detail}); "
+                        f"input or node fault: its worker stopped {crashes} times while processing "
+                        f"it ({detail}); "
                         "an image may crash the decoder or the model: see the logs"
                     )
                 session.execute(

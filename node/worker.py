@@ -12,8 +12,11 @@ through the database. For each claimed study:
 4. one transaction records the results, a delivery per destination and object, and the new state
    (DISPATCHING, or DONE without destinations), only if the claim is still ours.
 
-A study whose images cannot be decoded ends FAILED with the reason; any other error in one study
-ends that study FAILED too, and the worker goes on with the next.
+A study whose images cannot be decoded ends FAILED with a reason that starts "input fault" and says
+which image and why; any other error in one study ends that study FAILED with a reason that starts
+"node fault", and the worker goes on with the next. Attributes the results copy from the images are
+cleaned first (node/results/sanitise.py), so a header value never fails a study; what was changed
+is recorded in the study's history ("headers cleaned", keywords only).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from node.errors import UndecodableImage
 from node.processing import ProcessingRepository, ResultFile, StudyImage
 from node.repository import ClaimedStudy, Clock, Repository, utcnow
 from node.results.identity import AlgorithmInfo, NodeIdentity
+from node.results.sanitise import clean_source, summarise
 from node.results.sc import build_sc, render_heatmap
 from node.results.sr import build_sr
 from node.scheduler import short_uid
@@ -49,6 +53,14 @@ from node.storage import FileStore
 log = logging.getLogger(__name__)
 
 ALGORITHM_NAME = "MURA DenseNet-169"
+# A FAILED study's reason starts with who was at fault: the study's images, or the node itself.
+INPUT_FAULT = "input fault"
+NODE_FAULT = "node fault"
+
+
+def node_fault(exc: BaseException) -> str:
+    """The FAILED reason for an error of the node's own (not explained by the images)."""
+    return f"{NODE_FAULT}: {exc.__class__.__name__}: {exc}"[:440] + " (see the node's log)"
 
 
 def node_identity(config: Config) -> NodeIdentity:
@@ -141,20 +153,20 @@ class Worker:
 
     def _internal_error(self, claimed: ClaimedStudy, exc: BaseException) -> None:
         log.error("study %s failed", short_uid(claimed.study_instance_uid), exc_info=exc)
-        self.processing.fail(
-            claimed, self.worker_id, f"internal error: {exc.__class__.__name__}: {exc}"[:500]
-        )
+        self.processing.fail(claimed, self.worker_id, node_fault(exc))
 
     def process(self, claimed: ClaimedStudy) -> None:
         images = self.processing.images(claimed)
         if not images:
-            self.processing.fail(claimed, self.worker_id, "no analysable image left in the study")
+            self.processing.fail(
+                claimed, self.worker_id, f"{INPUT_FAULT}: no analysable image left in the study"
+            )
             return
         paths = [self.store.path_of(image.file_path) for image in images]
         decoded = self.preprocessor.map_with_display(paths)
         for index, item in enumerate(decoded):
             if isinstance(item, UndecodableImage):
-                reason = f"image {index + 1} of {len(images)} cannot be used: {item}"
+                reason = f"{INPUT_FAULT}: image {index + 1} of {len(images)} cannot be used: {item}"
                 self.processing.fail(claimed, self.worker_id, reason[:500])
                 log.warning("study %s FAILED: %s", short_uid(claimed.study_instance_uid), reason)
                 return
@@ -179,7 +191,9 @@ class Worker:
         displays: list[np.ndarray],
         result: StudyResult,
     ) -> None:
-        sources = [dcmread(path, stop_before_pixels=True) for path in paths]
+        cleaned = [clean_source(dcmread(path, stop_before_pixels=True)) for path in paths]
+        sources = [source for source, _changes in cleaned]
+        header_changes = summarise(changes for _source, changes in cleaned)
         written: list[ResultFile] = []
         try:
             predecessor_path = self.processing.latest_report(claimed.study_id)
@@ -229,7 +243,12 @@ class Worker:
                 + (" [UNTRAINED MODEL]" if self.algorithm.untrained else "")
             )
             recorded = self.processing.finish(
-                claimed, self.worker_id, written, self.config.destinations, summary
+                claimed,
+                self.worker_id,
+                written,
+                self.config.destinations,
+                summary,
+                header_changes=header_changes,
             )
         except BaseException:
             self._discard(written)

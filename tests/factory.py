@@ -10,7 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
@@ -84,10 +87,22 @@ def make_radiograph(
     rng = np.random.default_rng(seed)
     dtype = np.uint8 if bits_stored <= 8 else np.uint16
     ds.PixelData = rng.integers(0, 1 << bits_stored, size=(rows, columns), dtype=dtype).tobytes()
+    ds["PixelData"].VR = "OB" if bits_stored <= 8 else "OW"
+    return ds
+
+
+def raw(ds: Dataset, keyword: str, value: bytes) -> Dataset:
+    """Set an element to bytes pydicom would refuse to write as a value (written as they are)."""
+    tag = Tag(tag_for_keyword(keyword))
+    value += b" " * (len(value) % 2)
+    ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(value), value, 0, False, True)  # type: ignore[assignment]
     return ds
 
 
 def write(ds: Dataset, path: Path) -> Path:
+    if any(isinstance(ds.get_item(tag), RawDataElement) for tag in list(ds.keys())):
+        # Raw elements are written as they are only when pydicom sees no change of encoding.
+        ds.set_original_encoding(False, True, ds._character_set)
     ds.save_as(path, enforce_file_format=True)
     return path
 

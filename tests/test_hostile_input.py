@@ -6,7 +6,7 @@ running in this process, and must
 - get a clear C-STORE status with an ErrorComment (0xC000 cannot parse, 0xA900 data set differs
   from the request, 0xC001 missing or invalid UID, 0xA700 out of resources), or be stored
   (0x0000) and then end FAILED, when a worker processes its study, with a reason that names the
-  image ("image 1 of 1 cannot be used: ...");
+  image ("input fault: image 1 of 1 cannot be used: ...");
 - leave the node serving: the whole battery runs against one node, and after each case a good
   client (dcmtk's storescu) on a new association stores an image;
 - put no file anywhere but the node's own random names under the data directory (instances/,
@@ -47,7 +47,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.filebase import DicomBytesIO
@@ -81,6 +80,7 @@ from tests.factory import (
     DX_PRESENTATION,
     IMAGE_PIXEL_KEYWORDS,
     make_radiograph,
+    raw,
     storescu,
     write,
 )
@@ -91,7 +91,7 @@ MEMORY_BOUND = 200 * 1024 * 1024
 SCRATCH = tempfile.gettempdir()  # the node's tests point tempfile at its data directory
 NO_STATUS = -1  # the association ended without a C-STORE response
 PIXEL_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
-FAILED_PREFIX = "image 1 of 1 cannot be used: "
+FAILED_PREFIX = "input fault: image 1 of 1 cannot be used: "
 NODE_FILE = re.compile(r"^(instances|results)/([0-9a-f]{2})/\2[0-9a-f]{30}\.dcm$")
 DATABASE_FILE = re.compile(r"^mura-node\.db(-wal|-shm|-journal)?$")
 
@@ -145,14 +145,6 @@ def of(ds: Dataset, body: bytes | None = None, **request: str) -> Hostile:
         request.get("sop_instance", str(ds.SOPInstanceUID)),
         request.get("syntax", ExplicitVRLittleEndian),
     )
-
-
-def raw(ds: Dataset, keyword: str, value: bytes) -> Dataset:
-    """Set an element to bytes pydicom would refuse to write as a value."""
-    tag = Tag(tag_for_keyword(keyword))
-    value += b" " * (len(value) % 2)
-    ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(value), value, 0, False, True)  # type: ignore[assignment]
-    return ds
 
 
 def offset_of(body: bytes, group: int, element: int) -> int:

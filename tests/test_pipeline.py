@@ -194,7 +194,9 @@ def test_undecodable_image_fails_the_study_with_a_reason(
     assert pipeline.process()
     study = pipeline.study(str(ds.StudyInstanceUID))
     assert study.state == "FAILED"
-    assert study.reason.startswith("image 1 of 1 cannot be used: cannot decode pixel data")
+    assert study.reason.startswith(
+        "input fault: image 1 of 1 cannot be used: cannot decode pixel data"
+    )
     report = collect_status(pipeline.node.engine, pipeline.clock())
     assert report["failed_studies"][0]["reason"] == study.reason
 

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from node.engine import ImageResult, StudyResult
 from node.imaging import dicom_to_unit
 from node.results.identity import AlgorithmInfo, NodeIdentity
+from node.results.sanitise import clean_source
 from node.results.sc import SC_SERIES_DESCRIPTION, build_sc, render_heatmap
 from node.results.sr import SR_SERIES_DESCRIPTION, UNTRAINED_TEXT, build_sr
 from tests.factory import PATIENT_ID, dciodvfy_errors, make_radiograph
@@ -24,7 +26,13 @@ IDENTITY = NodeIdentity(device_uid=generate_uid(), ae_title="MURA_NODE")
 
 def study(n: int = 3, body: str = "WRIST") -> list:
     uid = generate_uid()
-    return [make_radiograph(study_uid=uid, body_part=body, seed=i) for i in range(n)]
+    return [clean(make_radiograph(study_uid=uid, body_part=body, seed=i)) for i in range(n)]
+
+
+def clean(source: Dataset) -> Dataset:
+    cleaned, changes = clean_source(source)
+    assert changes == []  # the factory's images are clean
+    return cleaned
 
 
 def result(
@@ -135,9 +143,9 @@ def test_heatmap_rendering_keeps_the_radiograph() -> None:
 @pytest.mark.parametrize("name", ["RG3_UNCR.dcm", None])
 def test_sc_is_valid_and_references_its_source(tmp_path: Path, name: str | None) -> None:
     source = dcmread(get_testdata_file(name)) if name else make_radiograph(rows=120, columns=80)
-    rgb = render_heatmap(
-        dicom_to_unit(source), np.random.default_rng(0).normal(size=(10, 10)).astype(np.float32)
-    )
+    unit = dicom_to_unit(source)
+    source, _changes = clean_source(source)
+    rgb = render_heatmap(unit, np.random.default_rng(0).normal(size=(10, 10)).astype(np.float32))
     assert max(rgb.shape[:2]) <= 1024
     sc = build_sc(
         source,

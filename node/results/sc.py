@@ -21,7 +21,7 @@ from highdicom.sc import SCImage
 from pydicom.dataset import Dataset
 
 from node.model import normalise_cam, upsample_cam
-from node.results.identity import NodeIdentity, with_type2_attributes
+from node.results.identity import NodeIdentity
 
 MAX_SIDE = 1024
 EVIDENCE_FLOOR = 0.2
@@ -72,17 +72,12 @@ def build_sc(
     algorithm_name: str,
     series_number: int = 991,
 ) -> SCImage:
-    """The Secondary Capture of one rendered heatmap, referencing its source image."""
-    reference = with_type2_attributes(source)
+    """The Secondary Capture of one rendered heatmap, referencing its source image; ``source`` is
+    the image's header as cleaned by `node.results.sanitise.clean_source`."""
     orientation = source.get("PatientOrientation")
-    patient_orientation = (
-        (str(orientation[0]), str(orientation[1]))
-        if orientation is not None and len(orientation) == 2 and all(orientation)
-        else None
-    )
     laterality = str(source.get("ImageLaterality") or source.get("Laterality") or "").strip()
     sc = SCImage.from_ref_dataset(
-        ref_dataset=reference,
+        ref_dataset=source,
         pixel_array=rgb,
         photometric_interpretation="RGB",
         bits_allocated=8,
@@ -92,13 +87,12 @@ def build_sc(
         sop_instance_uid=sop_instance_uid,
         instance_number=instance_number,
         manufacturer=identity.manufacturer,
-        # highdicom insists on an orientation; when the source gives none the SC says nothing
-        # either (PatientOrientation is Type 2: empty below), rather than inventing one.
-        patient_orientation=patient_orientation or ("A", "F"),
+        # highdicom insists on an orientation of single letters; the source's own (compound
+        # letters included) or nothing (PatientOrientation is Type 2: empty) is set below.
+        patient_orientation=("A", "F"),
         laterality=laterality if laterality in ("L", "R") else None,
     )
-    if patient_orientation is None:
-        sc.PatientOrientation = ""  # type: ignore[assignment]
+    sc.PatientOrientation = list(orientation) if orientation else ""  # type: ignore[assignment]
     if laterality not in ("L", "R"):
         sc.Laterality = ""  # Type 2C for paired body parts: present, unknown
     sc.SeriesDescription = SC_SERIES_DESCRIPTION

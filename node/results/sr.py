@@ -24,7 +24,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from node.engine import StudyResult
-from node.results.identity import AlgorithmInfo, NodeIdentity, with_type2_attributes
+from node.results.identity import AlgorithmInfo, NodeIdentity
 
 ABNORMAL = hd.sr.CodedConcept("263654008", "SCT", "Abnormal")
 NORMAL = hd.sr.CodedConcept("17621005", "SCT", "Normal")
@@ -56,10 +56,11 @@ def build_sr(
     series_number: int = 990,
     predecessor: Dataset | None = None,
 ) -> hd.sr.ComprehensiveSR:
-    """The SR for one study; ``sources`` are the analysed images' headers, in result order."""
+    """The SR for one study; ``sources`` are the analysed images' headers as cleaned by
+    `node.results.sanitise.clean_source`, in result order (the first gives patient and study)."""
     if len(sources) != len(result.images):
         raise ValueError("one source image per image result is needed")
-    evidence = [with_type2_attributes(ds) for ds in sources]
+    evidence = list(sources)
     algorithm_id = hd.sr.AlgorithmIdentification(
         name=algorithm.display_name[:64],
         version=algorithm.version[:64],
@@ -133,14 +134,14 @@ class _Descriptors(hd.sr.ImageLibraryEntryDescriptors):
 
     highdicom's own require ImagerPixelSpacing and a two-valued PatientOrientation, which a CR may
     lack (both are optional there); the node must describe such images too, without inventing
-    values."""
+    values. The dataset is a cleaned source: what it has is valid."""
 
     def _generate_projection_radiography_descriptors(
         self, dataset: Dataset
     ) -> list[hd.sr.ContentItem]:
         items: list[hd.sr.ContentItem] = []
         orientation = dataset.get("PatientOrientation")
-        if orientation is not None and len(orientation) == 2 and all(orientation):
+        if orientation:
             for name, value in (
                 (codes.DCM.PatientOrientationRow, orientation[0]),
                 (codes.DCM.PatientOrientationColumn, orientation[1]),
@@ -151,7 +152,7 @@ class _Descriptors(hd.sr.ImageLibraryEntryDescriptors):
                     )
                 )
         spacing = dataset.get("ImagerPixelSpacing")
-        if spacing is not None and len(spacing) == 2:
+        if spacing:
             for name, value in (
                 (codes.DCM.HorizontalPixelSpacing, spacing[1]),
                 (codes.DCM.VerticalPixelSpacing, spacing[0]),

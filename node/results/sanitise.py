@@ -1,0 +1,382 @@
+"""The attributes results copy from their source images, cleaned so that a header never costs a result.
+
+The SR and the heatmap SCs file themselves with the source's patient and study, name the source's
+acquisition equipment (Contributing Equipment) and describe each source image (image library,
+laterality, orientation). Hospitals send values that pydicom reads, with warnings, but that are not
+valid for their VR: dates such as ``00/00/0000``, ACR-NEMA times ``09:15:00``, PatientSex ``U``,
+decimal commas, ISO 2022 character sets that highdicom does not accept, missing Type 1 attributes.
+highdicom validates everything it writes, so the writers never see the source itself: they get the
+clean copy made here (`clean_source`), attribute by attribute (PS3.3 module tables; Type as in the
+result IODs):
+
+- valid as it is (pydicom's VR checks, PS3.5 6.2, plus the attribute's defined terms): copied;
+- one unambiguous meaning in a common non-standard form: normalised (dates ``YYYY-MM-DD``,
+  ``YYYY/MM/DD``, ``YYYY.MM.DD``; times ``HH:MM[:SS[.F]]``; PatientSex in lower case);
+- otherwise: a Type 2 attribute is left empty, a Type 3 attribute is dropped. Image-library
+  descriptors that cannot be read (ImagerPixelSpacing, PatientOrientation, laterality) are left out.
+
+Modality, Type 1 and not always sent, is taken from the SOP class. Text is what pydicom decoded
+with the source's declared character set (misspelt terms and missing first values included); the
+copy is declared ISO_IR 192 (UTF-8) when any of it is not ASCII, so every source string fits.
+
+Only a chosen set is copied: what identifies the patient, study and acquisition, not the rest of
+the patient's record (allergies, comments, trial data stay in the source). Each change is returned
+as a `HeaderChange` naming the attribute by keyword, never its value (the worker records them in
+the study's history).
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom import config
+from pydicom.charset import python_encoding
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import validate_value
+
+CR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1"
+RESULT_CHARACTER_SET = "ISO_IR 192"
+
+
+class Action(enum.StrEnum):
+    NORMALISED = "normalised"
+    EMPTIED = "left empty"
+    DROPPED = "left out"
+    DERIVED = "derived"
+
+
+@dataclass(frozen=True)
+class HeaderChange:
+    """One attribute the results do not copy as the source has it; never carries the value."""
+
+    keyword: str
+    action: Action
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.keyword} {self.action} ({self.why})"
+
+
+# -- value checks: each returns the value to write, or raises Invalid with the reason -------------
+
+
+class Invalid(ValueError):
+    """A value that is not valid for its attribute; the message says why, without the value."""
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")  # ST/LT allow TAB, LF, FF, CR
+_MAX_CHARACTERS = {"SH": 16, "LO": 64, "ST": 1024, "LT": 10240, "CS": 16, "AS": 4, "DS": 16}
+
+
+def _single(value: Any) -> Any:
+    if isinstance(value, MultiValue | list | tuple):
+        if len(value) != 1:
+            raise Invalid("more than one value")
+        return value[0]
+    return value
+
+
+def _text(vr: str) -> Callable[[Any], str]:
+    """SH, LO, ST, LT: one value, no control characters, no more characters than the VR allows."""
+    control = _TEXT_CONTROL if vr in ("ST", "LT") else _CONTROL
+
+    def check(value: Any) -> str:
+        text = str(_single(value)).strip(" \x00")
+        if control.search(text):
+            raise Invalid("control characters")
+        if vr in ("SH", "LO") and "\\" in text:
+            raise Invalid("a backslash in a single value")
+        if len(text) > _MAX_CHARACTERS[vr]:
+            raise Invalid(f"longer than {vr} allows")
+        return text
+
+    return check
+
+
+def _texts(vr: str) -> Callable[[Any], list[str]]:
+    """Multi-valued SH/LO (e.g. SoftwareVersions): every value must pass."""
+    one = _text(vr)
+
+    def check(value: Any) -> list[str]:
+        values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+        return [one(v) for v in values]
+
+    return check
+
+
+def _person_name(value: Any) -> str:
+    """PN: at most three component groups of at most five components, 64 characters each."""
+    text = str(_single(value)).strip(" \x00")
+    if _CONTROL.search(text):
+        raise Invalid("control characters")
+    if "\\" in text:
+        raise Invalid("a backslash in a single value")
+    groups = text.split("=")
+    if len(groups) > 3:
+        raise Invalid("more than three component groups")
+    for group in groups:
+        if len(group) > 64:
+            raise Invalid("a component group longer than 64 characters")
+        if group.count("^") > 4:
+            raise Invalid("more than five components")
+    return text
+
+
+def _regex_vr(vr: str, *, allowed: Iterable[str] = ()) -> Callable[[Any], str]:
+    """A VR pydicom checks with its PS3.5 pattern (CS, AS, DS, UI, DT), optionally defined terms."""
+    terms = frozenset(allowed)
+
+    def check(value: Any) -> str:
+        text = str(_single(value)).strip(" \x00")
+        _pydicom_check(vr, text)
+        if terms and text not in terms:
+            raise Invalid("not one of the defined terms")
+        return text
+
+    return check
+
+
+def _pydicom_check(vr: str, text: str) -> None:
+    try:
+        validate_value(vr, text, config.RAISE)
+    except ValueError:
+        raise Invalid(f"not a valid {vr}") from None
+
+
+_DATE_FORMS = re.compile(r"^(\d{4})[-/.](\d{2})[-/.](\d{2})$")
+_TIME_FORMS = re.compile(r"^(\d{2}):(\d{2})(?::(\d{2})(\.\d{1,6})?)?$")
+
+
+def date(value: Any) -> str:
+    """DA ``YYYYMMDD`` of a real calendar date in the years 1000 to 2999; year-first forms with
+    separators are normalised. Day-first and month-first forms (``01/02/2020``) are ambiguous and
+    refused."""
+    text = str(_single(value)).strip(" \x00")
+    match = _DATE_FORMS.match(text)
+    if match:
+        text = "".join(match.groups())
+    if not re.fullmatch(r"\d{8}", text):
+        raise Invalid("not a date")
+    try:
+        datetime.date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        raise Invalid("not a calendar date") from None
+    if not "1000" <= text[:4] <= "2999":  # the years dicom3tools' dciodvfy accepts
+        raise Invalid("a year out of range")
+    return text
+
+
+def time(value: Any) -> str:
+    """TM ``HHMMSS.FFFFFF`` (PS3.5); ACR-NEMA ``HH:MM:SS`` is normalised."""
+    text = str(_single(value)).strip(" \x00")
+    match = _TIME_FORMS.match(text)
+    if match:
+        text = "".join(part or "" for part in match.groups())
+    _pydicom_check("TM", text)
+    if not text:
+        raise Invalid("not a time")
+    return text
+
+
+def patient_sex(value: Any) -> str:
+    """PatientSex: M, F or O (PS3.3 C.7.1.1); case is normalised, other values are unknown."""
+    text = str(_single(value)).strip(" \x00").upper()
+    if text not in ("M", "F", "O"):
+        raise Invalid("not M, F or O")
+    return text
+
+
+_AXES = ("AP", "RL", "HF")
+
+
+def patient_orientation(value: Any) -> list[str]:
+    """PatientOrientation: two values, each one to three of A P R L H F, one per axis (C.7.6.1.1.1)."""
+    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    if len(values) != 2:
+        raise Invalid("not two values")
+    result = []
+    for item in values:
+        text = str(item).strip(" \x00")
+        if not re.fullmatch(r"[APRLHF]{1,3}", text) or any(
+            sum(letter in axis for letter in text) > 1 for axis in _AXES
+        ):
+            raise Invalid("not a biped orientation")
+        result.append(text)
+    return result
+
+
+def pixel_spacing(value: Any) -> list[str]:
+    """ImagerPixelSpacing: two positive, finite DS values (mm); a decimal comma is not guessed at."""
+    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    if len(values) != 2:
+        raise Invalid("not two values")
+    result = []
+    for item in values:
+        text = str(item).strip(" \x00")
+        _pydicom_check("DS", text)
+        number = float(text)
+        if not (0 < number < float("inf")):
+            raise Invalid("not a positive spacing")
+        result.append(text)
+    return result
+
+
+@dataclass(frozen=True)
+class Copied:
+    keyword: str
+    type: str  # "2": left empty when invalid; "3": left out
+    check: Callable[[Any], Any]
+
+
+# What the results copy, with the Type the attribute has in the result IODs (PS3.3 C.7.1.1 Patient,
+# C.7.2.1 General Study, C.7.2.2 Patient Study, C.7.5.1 General Equipment as Contributing Equipment,
+# C.7.3.1 General Series, C.7.6.1 General Image, C.8.8.4 / TID 1603 image library descriptors).
+COPIED: tuple[Copied, ...] = (
+    Copied("PatientName", "2", _person_name),
+    Copied("PatientID", "2", _text("LO")),
+    Copied("IssuerOfPatientID", "3", _text("LO")),
+    Copied("PatientBirthDate", "2", date),
+    Copied("PatientSex", "2", patient_sex),
+    Copied("PatientAge", "3", _regex_vr("AS")),
+    Copied("StudyDate", "2", date),
+    Copied("StudyTime", "2", time),
+    Copied("ReferringPhysicianName", "2", _person_name),
+    Copied("StudyID", "2", _text("SH")),
+    Copied("AccessionNumber", "2", _text("SH")),
+    Copied("StudyDescription", "3", _text("LO")),
+    Copied("Manufacturer", "3", _text("LO")),
+    Copied("ManufacturerModelName", "3", _text("LO")),
+    Copied("DeviceSerialNumber", "3", _text("LO")),
+    Copied("SoftwareVersions", "3", _texts("LO")),
+    Copied("InstitutionName", "3", _text("LO")),
+    Copied("InstitutionalDepartmentName", "3", _text("LO")),
+    Copied("InstitutionAddress", "3", _text("ST")),
+    Copied("StationName", "3", _text("SH")),
+    Copied("AcquisitionDate", "3", date),
+    Copied("AcquisitionTime", "3", time),
+    Copied("BodyPartExamined", "3", _regex_vr("CS")),
+    Copied("Laterality", "3", _regex_vr("CS", allowed=("L", "R"))),
+    Copied("ImageLaterality", "3", _regex_vr("CS", allowed=("L", "R", "U", "B"))),
+    Copied("PatientOrientation", "3", patient_orientation),
+    Copied("ImagerPixelSpacing", "3", pixel_spacing),
+    Copied("FrameOfReferenceUID", "3", _regex_vr("UI")),
+)
+COPIED_KEYWORDS = tuple(item.keyword for item in COPIED)
+# Identifiers the SCP validated at ingest, and the image geometry the decoder validated.
+_TRUSTED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+_GEOMETRY = ("Rows", "Columns")
+
+
+def clean_source(source: Dataset) -> tuple[Dataset, list[HeaderChange]]:
+    """A header-only copy of ``source`` that highdicom accepts and dciodvfy passes.
+
+    Returns the copy (identifiers, Modality, geometry and the `COPIED` attributes, each valid,
+    normalised, empty or absent) and the changes made. Raises ValueError only when an identifier or
+    the image geometry is missing, which the SCP and the decoder have already ruled out."""
+    clean = Dataset()
+    for keyword in (*_TRUSTED, *_GEOMETRY):
+        value = source.get(keyword)
+        if value is None:
+            raise ValueError(f"the source image has no {keyword}")
+        setattr(clean, keyword, value)
+    changes: list[HeaderChange] = []
+    clean.Modality = _modality(source, changes)
+    for item in COPIED:
+        _copy(source, clean, item, changes)
+    if any(_not_ascii(element.value) for element in clean):
+        clean.SpecificCharacterSet = RESULT_CHARACTER_SET
+    if _unknown_character_set(source):
+        changes.append(
+            HeaderChange(
+                "SpecificCharacterSet",
+                Action.NORMALISED,
+                "a term pydicom does not know; text copied as decoded",
+            )
+        )
+    return clean, changes
+
+
+def _modality(source: Dataset, changes: list[HeaderChange]) -> str:
+    expected = "CR" if str(source.SOPClassUID) == CR_SOP_CLASS else "DX"
+    try:
+        given = str(_single(source.get("Modality", ""))).strip()
+    except Exception:
+        given = ""
+    if given != expected:
+        why = "missing" if not given else f"not {expected}"
+        changes.append(HeaderChange("Modality", Action.DERIVED, f"{why}; from the SOP class"))
+    return expected
+
+
+def _copy(source: Dataset, clean: Dataset, item: Copied, changes: list[HeaderChange]) -> None:
+    try:
+        if item.keyword not in source:
+            if item.type == "2":
+                setattr(clean, item.keyword, "")
+            return
+        value = source[item.keyword].value  # converts the raw bytes: may raise
+        if value is None or value == "":
+            if item.type == "2":
+                setattr(clean, item.keyword, "")
+            return
+        written = item.check(value)
+    except Exception as exc:  # Invalid, or a value pydicom cannot even convert: never fatal
+        why = str(exc) if isinstance(exc, Invalid) else f"unreadable ({exc.__class__.__name__})"
+        changes.append(
+            HeaderChange(item.keyword, Action.EMPTIED if item.type == "2" else Action.DROPPED, why)
+        )
+        if item.type == "2":
+            setattr(clean, item.keyword, "")
+        return
+    if written != _as_written(value, multiple=isinstance(written, list)):
+        changes.append(HeaderChange(item.keyword, Action.NORMALISED, "non-standard form"))
+    setattr(clean, item.keyword, written)
+
+
+def _as_written(value: Any, *, multiple: bool) -> Any:
+    """The source value in the form the checks return, to tell a normalisation from a copy."""
+    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    stripped = [str(v).strip(" \x00") for v in values]
+    return stripped if multiple or len(stripped) != 1 else stripped[0]
+
+
+def _not_ascii(value: Any) -> bool:
+    if isinstance(value, MultiValue | list | tuple):
+        return any(_not_ascii(v) for v in value)
+    return (isinstance(value, str) and not value.isascii()) or (
+        value.__class__.__name__ == "PersonName" and not str(value).isascii()
+    )
+
+
+def _unknown_character_set(source: Dataset) -> bool:
+    """Whether the source declares a character set term that pydicom cannot map to a codec
+    (it then decodes with its default and warns); empty first values are valid (PS3.3 C.12.1.1.2)."""
+    try:
+        value = source.get("SpecificCharacterSet")
+    except Exception:
+        return True
+    if value is None:
+        return False
+    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    return any(str(v).strip() and str(v).strip() not in python_encoding for v in values)
+
+
+def summarise(changes_per_image: Iterable[Iterable[HeaderChange]]) -> str | None:
+    """One line for the study's history: each distinct change with the number of images it
+    concerns, e.g. ``PatientBirthDate left empty (not a date) in 3 images``; None without changes."""
+    counts: dict[HeaderChange, int] = {}
+    for changes in changes_per_image:
+        for change in dict.fromkeys(changes):
+            counts[change] = counts.get(change, 0) + 1
+    if not counts:
+        return None
+    return "; ".join(
+        f"{change} in {n} image{'s' if n != 1 else ''}" for change, n in counts.items()
+    )

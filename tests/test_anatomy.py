@@ -4,18 +4,22 @@ against pydicom's and highdicom's copies of DICOM PS3.16, and the eligibility ru
 from __future__ import annotations
 
 import json
+import tempfile
 import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydicom import config
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sr._cid_dict import cid_concepts
 from pydicom.sr._concepts_dict import concepts
 from pydicom.sr._snomed_dict import mapping
+from pydicom.tag import Tag
 
 from node.eligibility import (
     MAX_CODED_REGION,
@@ -26,7 +30,8 @@ from node.eligibility import (
 )
 from node.errors import ProfileError
 from node.profiles import CODED_FIELD, TEXT_FIELDS, Vocabulary, load_vocabulary
-from node.scp import anatomic_region
+from node.scp import anatomic_region, read_header
+from tests.factory import make_radiograph, write
 
 HEADINGS = ("no_study_type", "not_upper_extremity")
 
@@ -348,6 +353,49 @@ def test_anatomic_region_never_raises(designator: Any, code: Any, long_code: Any
 def single(value: Any) -> Any:
     """A one-item list is stored as a single value (VM 1)."""
     return value[0] if isinstance(value, list) and len(value) == 1 else value
+
+
+def raw_element(tag: int, vr: str, value: bytes) -> RawDataElement:
+    """An element holding bytes as received, whatever they are."""
+    value += b" " * (len(value) % 2)
+    return RawDataElement(Tag(tag), vr, len(value), value, 0, False, True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    designator=st.binary(max_size=24),
+    code=st.binary(max_size=80),
+    whole=st.one_of(
+        st.none(), st.tuples(st.sampled_from(["UN", "LO", "OB"]), st.binary(max_size=48))
+    ),
+)
+def test_raw_codes_in_a_file_never_cost_the_header(
+    designator: bytes, code: bytes, whole: tuple[str, bytes] | None
+) -> None:
+    """Any bytes as the code's scheme and value, or as the whole element under another VR: the
+    header still reads (the C-STORE succeeds) and the code is a well-formed one or None."""
+    ds = make_radiograph(rows=4, columns=4)
+    if whole is None:
+        item = Dataset()
+        item[0x00080102] = raw_element(0x00080102, "SH", designator)  # type: ignore[assignment]
+        item[0x00080100] = raw_element(0x00080100, "SH", code)  # type: ignore[assignment]
+        ds.AnatomicRegionSequence = [item]
+    else:
+        ds[0x00082218] = raw_element(0x00082218, *whole)  # type: ignore[assignment]
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "coded.dcm"
+        config.replace_un_with_known_vr = False  # write the UN bytes as they are
+        try:
+            write(ds, path)
+        finally:
+            config.replace_un_with_known_vr = True
+        header = read_header(path)
+    assert header.study_instance_uid == ds.StudyInstanceUID
+    assert header.anatomic_region is None or (
+        len(header.anatomic_region) <= MAX_CODED_REGION
+        and header.anatomic_region.isascii()
+        and header.anatomic_region.partition(":")[2]
+    )
 
 
 # -- a bad anatomy.toml is refused with the entry named -----------------------------------------

@@ -361,6 +361,7 @@ def raw_element(tag: int, vr: str, value: bytes) -> RawDataElement:
     return RawDataElement(Tag(tag), vr, len(value), value, 0, False, True)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the random values
 @settings(max_examples=60, deadline=None)
 @given(
     designator=st.binary(max_size=24),

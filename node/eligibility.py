@@ -1,18 +1,23 @@
 """Which studies are upper-extremity radiographs, and which MURA study type each one is.
 
-Pure functions over the text the images carry about themselves; the vocabulary is data in
-``dicom_profiles/study_types.toml``.
+Pure functions over what the images say about themselves: their coded anatomy
+(AnatomicRegionSequence, stored at ingest as "SCHEME:CODE", e.g. "SCT:14975008") and their text.
+The codes are data in ``dicom_profiles/anatomy.toml`` (DICOM PS3.16 CID 4031 and Annex L), the
+terms and the order of the fields in ``dicom_profiles/study_types.toml``.
 
 Rules, per image (CR or DX; other objects never count):
 
-1. Read the fields in the vocabulary's order (BodyPartExamined, ProtocolName, SeriesDescription,
-   StudyDescription). The first field that names exactly one study type, and no other body part,
+1. Read the fields in the vocabulary's order (AnatomicRegionSequence, BodyPartExamined,
+   ProtocolName, SeriesDescription, StudyDescription). The coded anatomy comes first: a code is
+   more exact than free text, so a code of a study type decides the image's type whatever the text
+   says. After it, the first text field that names exactly one study type, and no other body part,
    decides the image's type.
-2. A field that names only body parts outside the upper extremity (CHEST, KNEE, ...) decides that
-   the image is not eligible.
-3. Fields that name nothing (e.g. only "EXTREMITY" or "ARM"), or several types
-   ("HAND AND WRIST") let the next field decide. When no field decides, the leftmost type named by
-   the first field that named several is used.
+2. A code of a body part outside the upper extremity (SCT 816094009 "Chest", ...), or a text field
+   that names only such body parts (CHEST, KNEE, ...), decides that the image is not eligible.
+3. A code of the upper limb without a type ("Upper limb", "Upper arm", "Extremity"), an unknown
+   code or scheme, text fields that name nothing (e.g. only "EXTREMITY" or "ARM"), or several
+   types ("HAND AND WRIST") let the next field decide. When no field decides, the leftmost type
+   named by the first text field that named several is used.
 
 Per study: the type most of its typed images have. A study with no typed image, or a tie between
 types, is not eligible and the reason says why. Images of other body parts within an eligible
@@ -27,14 +32,18 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from node.profiles import Vocabulary
+from node.profiles import CODED_FIELD, AnatomyCodes, Vocabulary
+
+MAX_CODED_REGION = 64  # characters of "SCHEME:CODE" (instances.anatomic_region)
+_SCHEME = re.compile(r"[\x21-\x39\x3B-\x5B\x5D-\x7E]+")  # printable ASCII, no space, ':' or '\\'
+_CODE = re.compile(r"[\x21-\x5B\x5D-\x7E]+")  # printable ASCII, no space or '\\'
 
 
 @dataclass(frozen=True)
 class ImageVerdict:
     study_type: str | None  # a MURA study type, or None
     other_body_part: bool  # True when a field named a body part outside the upper extremity
-    evidence: str  # e.g. "BodyPartExamined 'HAND'"
+    evidence: str  # e.g. "BodyPartExamined 'HAND'", "AnatomicRegionSequence SCT 14975008 'Forearm'"
 
 
 @dataclass(frozen=True)
@@ -61,11 +70,43 @@ def _positions(text: str, terms: Sequence[str]) -> list[int]:
     return found
 
 
+def coded_region(designator: object, code: object) -> str | None:
+    """The stored form of a code, "SCHEME:CODE" (e.g. "SCT:14975008"), or None when either part
+    is not a string, is empty, has a character outside printable ASCII (or ':' in the scheme, or a
+    backslash), or the whole is longer than MAX_CODED_REGION."""
+    if not isinstance(designator, str) or not isinstance(code, str):
+        return None
+    designator, code = designator.strip(), code.strip()
+    if len(designator) + len(code) + 1 > MAX_CODED_REGION:
+        return None
+    if not _SCHEME.fullmatch(designator) or not _CODE.fullmatch(code):
+        return None
+    return f"{designator}:{code}"
+
+
+def classify_code(coded: str, anatomy: AnatomyCodes) -> ImageVerdict | None:
+    """What a stored code ("SCHEME:CODE") decides, or None when it decides nothing."""
+    designator, _, code = coded.partition(":")
+    region = anatomy.region(designator, code)
+    if region is None or (region.study_type is None and not region.not_upper_extremity):
+        return None
+    evidence = f"{CODED_FIELD} {designator} {code} {region.meaning!r}"
+    return ImageVerdict(region.study_type, region.not_upper_extremity, evidence)
+
+
 def classify_image(facts: Mapping[str, str | None], vocabulary: Vocabulary) -> ImageVerdict:
-    """Decide one image's study type from its descriptive fields."""
+    """Decide one image's study type from its coded anatomy and its descriptive fields.
+
+    ``facts`` maps the field names of ``vocabulary.fields`` to the image's values (None or
+    missing when the image has none); AnatomicRegionSequence's value is the stored code."""
     fallback: ImageVerdict | None = None
     for name in vocabulary.fields:
         value = facts.get(name) or ""
+        if name == CODED_FIELD:
+            verdict = classify_code(value, vocabulary.anatomy) if value else None
+            if verdict is not None:
+                return verdict
+            continue
         text = normalise(value)
         if not text:
             continue
@@ -90,7 +131,7 @@ def classify_image(facts: Mapping[str, str | None], vocabulary: Vocabulary) -> I
 def decide_eligibility(
     images: Sequence[Mapping[str, str | None]], vocabulary: Vocabulary, other_objects: int = 0
 ) -> tuple[Eligibility, list[ImageVerdict]]:
-    """Decide a study's eligibility and type from its CR/DX images' descriptive fields."""
+    """Decide a study's eligibility and type from its CR/DX images' facts (see classify_image)."""
     verdicts = [classify_image(facts, vocabulary) for facts in images]
     if not images:
         reason = "no CR or DX image in the study"

@@ -40,7 +40,13 @@ _INSTANCES = cast(Table, Instance.__table__)
 _EVENTS = cast(Table, StudyEvent.__table__)
 
 Clock = Callable[[], datetime]
-DESCRIPTIVE_FIELDS = ("BodyPartExamined", "ProtocolName", "SeriesDescription", "StudyDescription")
+DESCRIPTIVE_FIELDS = (
+    "AnatomicRegionSequence",
+    "BodyPartExamined",
+    "ProtocolName",
+    "SeriesDescription",
+    "StudyDescription",
+)
 
 
 def utcnow() -> datetime:
@@ -70,6 +76,7 @@ class InstanceRecord:
     protocol_name: str | None = None
     series_description: str | None = None
     study_description: str | None = None
+    anatomic_region: str | None = None  # "SCHEME:CODE", see node.eligibility.coded_region
 
 
 @dataclass(frozen=True)
@@ -320,6 +327,7 @@ class Repository:
                     zip(
                         DESCRIPTIVE_FIELDS,
                         (
+                            i.anatomic_region,
                             i.body_part_examined,
                             i.protocol_name,
                             i.series_description,
@@ -409,6 +417,7 @@ def _instance_values(
         "protocol_name": record.protocol_name,
         "series_description": record.series_description,
         "study_description": record.study_description,
+        "anatomic_region": record.anatomic_region,
         "study_type": None,
     }
 

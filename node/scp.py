@@ -40,6 +40,7 @@ from typing import Any, cast
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_file_meta_info
+from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
@@ -50,6 +51,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from node import metrics
 from node.config import DicomConfig
+from node.eligibility import coded_region
 from node.errors import (
     DatasetMismatch,
     InvalidIdentifier,
@@ -73,6 +75,7 @@ BAD_IDENTIFIER = 0xC001
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 DEFLATED_HEADER_BYTES = 16 * 1024 * 1024
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+_ANATOMIC_REGION_SEQUENCE = 0x00082218
 MIN_PDU_LIMIT = 1 << 20
 
 
@@ -89,6 +92,7 @@ class Header:
     protocol_name: str | None
     series_description: str | None
     study_description: str | None
+    anatomic_region: str | None = None  # AnatomicRegionSequence's first code, "SCT:14975008"
 
 
 def is_uid(value: str | None) -> bool:
@@ -121,12 +125,32 @@ def read_header(path: Path) -> Header:
             protocol_name=text("ProtocolName"),
             series_description=text("SeriesDescription"),
             study_description=text("StudyDescription"),
+            anatomic_region=anatomic_region(ds),
         )
     except UnreadableDataset:
         raise
     except Exception as exc:  # pydicom raises many types on malformed input
         raise UnreadableDataset(f"cannot parse data set: {exc.__class__.__name__}") from None
     return header
+
+
+def anatomic_region(ds: Dataset) -> str | None:
+    """AnatomicRegionSequence's first item as "SCHEME:CODE" (CodingSchemeDesignator, then
+    CodeValue or LongCodeValue), e.g. "SCT:14975008"; None when it is absent, empty, not a
+    sequence, or its code is unusable (see node.eligibility.coded_region). Never raises: a bad
+    code must not cost the C-STORE; the image is then typed from its text alone."""
+    if _ANATOMIC_REGION_SEQUENCE not in ds:
+        return None
+    try:
+        items = ds[_ANATOMIC_REGION_SEQUENCE].value
+        if not isinstance(items, Sequence) or not items:
+            return None
+        item = items[0]
+        code = item.get("CodeValue") or item.get("LongCodeValue")
+        return coded_region(item.get("CodingSchemeDesignator"), code)
+    except Exception:  # pydicom raises many types on malformed items
+        log.debug("AnatomicRegionSequence not readable; ignored", exc_info=True)
+        return None
 
 
 def _read_header_dataset(path: Path) -> Dataset:
@@ -288,6 +312,7 @@ def _record(
         protocol_name=header.protocol_name,
         series_description=header.series_description,
         study_description=header.study_description,
+        anatomic_region=header.anatomic_region,
     )
 
 

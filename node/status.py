@@ -359,6 +359,7 @@ def study_history(engine: Engine, uid_or_prefix: str) -> dict[str, Any] | None:
                     "received_at": _iso(i.received_at),
                     "revision": i.revision,
                     "body_part_examined": i.body_part_examined,
+                    "anatomic_region": i.anatomic_region,
                     "study_type": i.study_type,
                 }
                 for i in instances
@@ -405,7 +406,16 @@ def history_view(history: dict[str, Any]) -> Group:
         Text(""),
         Text("Instances", style="bold"),
         _table(
-            ["RECEIVED (UTC)", "ROLE", "FROM", "REV", "BODY PART", "TYPE", "SOP INSTANCE UID"],
+            [
+                "RECEIVED (UTC)",
+                "ROLE",
+                "FROM",
+                "REV",
+                "BODY PART",
+                "ANATOMIC REGION",
+                "TYPE",
+                "SOP INSTANCE UID",
+            ],
             [
                 [
                     _clock(i["received_at"]),
@@ -413,6 +423,7 @@ def history_view(history: dict[str, Any]) -> Group:
                     i["from"],
                     str(i["revision"]),
                     i["body_part_examined"] or "-",
+                    i["anatomic_region"] or "-",
                     i["study_type"] or "-",
                     i["sop_instance_uid"],
                 ]

@@ -80,6 +80,8 @@ def test_reasons_for_ineligible_studies(vocabulary: Vocabulary) -> None:
     chest, _ = decide_eligibility([facts(body="CHEST")], vocabulary)
     assert chest.reason == "not an upper-extremity study (BodyPartExamined 'CHEST')"
     unknown, _ = decide_eligibility([facts(series="AP")], vocabulary)
-    assert unknown.reason.startswith("study type not recognised from BodyPartExamined")
+    assert unknown.reason.startswith(
+        "study type not recognised from AnatomicRegionSequence, BodyPartExamined"
+    )
     empty, _ = decide_eligibility([], vocabulary, other_objects=2)
     assert empty.reason == "no CR or DX image in the study (2 other objects ignored)"

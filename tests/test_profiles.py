@@ -40,7 +40,7 @@ def test_vocabulary_has_every_mura_type(vocabulary: Vocabulary) -> None:
         "shoulder",
         "wrist",
     ]
-    assert vocabulary.fields[0] == "BodyPartExamined"
+    assert vocabulary.fields[:2] == ("AnatomicRegionSequence", "BodyPartExamined")
 
 
 def test_malformed_profile_is_reported(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@ highdicom writes and dciodvfy passes; valid values are copied, unambiguous forms
 
 The property test writes each generated value as raw bytes into a real file, reads it back as the
 worker does (pydicom, with warnings), and builds the SR and an SC from it. Its size is
-``MURA_SANITISE_EXAMPLES`` (default 40; the figure in docs/results.md is from a run of 500).
+``MURA_SANITISE_EXAMPLES`` (default 100; the figure in docs/results.md is from a run of 500).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from tests.test_results import ALGORITHM, IDENTITY, result
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-EXAMPLES = int(os.environ.get("MURA_SANITISE_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("MURA_SANITISE_EXAMPLES", "100"))
 TYPE2 = {item.keyword for item in COPIED if item.type == "2"}
 VR_OF = {
     "PatientName": "PN",

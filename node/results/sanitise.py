@@ -70,8 +70,9 @@ class Invalid(ValueError):
     """A value that is not valid for its attribute; the message says why, without the value."""
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")  # ST/LT allow TAB, LF, FF, CR
+# C0 and C1 control characters (C1 comes from bytes decoded in the wrong character set).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")  # ST/LT allow TAB LF FF CR
 _MAX_CHARACTERS = {"SH": 16, "LO": 64, "ST": 1024, "LT": 10240, "CS": 16, "AS": 4, "DS": 16}
 
 
@@ -93,7 +94,7 @@ def _text(vr: str) -> Callable[[Any], str]:
             raise Invalid("control characters")
         if vr in ("SH", "LO") and "\\" in text:
             raise Invalid("a backslash in a single value")
-        if len(text) > _MAX_CHARACTERS[vr]:
+        if _length(text) > _MAX_CHARACTERS[vr]:
             raise Invalid(f"longer than {vr} allows")
         return text
 
@@ -111,6 +112,12 @@ def _texts(vr: str) -> Callable[[Any], list[str]]:
     return check
 
 
+def _length(text: str) -> int:
+    """The length the VR limits apply to, as dciodvfy counts it: bytes of the encoding written
+    (UTF-8 when the text is not ASCII), which is never less than the number of characters."""
+    return len(text.encode("utf-8"))
+
+
 def _person_name(value: Any) -> str:
     """PN: at most three component groups of at most five components, 64 characters each."""
     text = str(_single(value)).strip(" \x00")
@@ -122,7 +129,7 @@ def _person_name(value: Any) -> str:
     if len(groups) > 3:
         raise Invalid("more than three component groups")
     for group in groups:
-        if len(group) > 64:
+        if _length(group) > 64:
             raise Invalid("a component group longer than 64 characters")
         if group.count("^") > 4:
             raise Invalid("more than five components")

@@ -8,6 +8,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.filereader import _read_file_meta_info
@@ -65,9 +66,12 @@ def test_a_partial_data_set_gives_its_study_or_nothing(
             assert found == uid
 
 
+# pydicom warns about a File Meta cut off inside a UID (pynetdicom writes it whole: not in use)
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 @settings(max_examples=50, deadline=None)
 @given(case=st.sampled_from([EXPLICIT, IMPLICIT, DEFLATED]), cut=st.integers(0, 400))
 def test_a_cut_anywhere_never_raises_or_misleads(case: tuple[bytes, str, int], cut: int) -> None:
+    """Even inside the File Meta: None or the UID, no exception."""
     data, uid, _ = case
     assert read_part(data, cut) in (None, uid)
 

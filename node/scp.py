@@ -166,10 +166,10 @@ def study_of_partial_data_set(path: Path) -> str | None:
 
     ``path`` is pynetdicom's temporary file of a C-STORE data set being received: preamble, File
     Meta (with the accepted transfer syntax, written whole before the first data set byte), then
-    the data set's bytes so far. Only the first
-    ``PARTIAL_HEADER_BYTES`` are read (inflated first for the deflated syntax). Returns the UID
-    once the element after StudyInstanceUID has begun to arrive (so the value is whole), else
-    None: not arrived yet, no such element, not a UID, or anything unreadable. Never raises."""
+    the data set's bytes so far. Only the first ``PARTIAL_HEADER_BYTES`` are read (inflated first
+    for the deflated syntax), every call: the file grows while it is read. Returns the UID once
+    the element after StudyInstanceUID has begun to arrive (so the value is whole), else None:
+    not arrived yet, no such element, not a UID, or anything unreadable. Never raises."""
     try:
         with path.open("rb") as fp:
             fp.seek(128 + 4)  # preamble and "DICM"

@@ -6,6 +6,11 @@ DICOM has no end-of-study signal, so the node uses the two rules the field's rou
 * force timeout: ``force_after`` has passed since the study was opened, even if instances keep
   trickling in (so a sender that never stops cannot starve the study).
 
+A quiet period can pass while an image of the study is still on the wire (a slow link, a large
+image): the SCP then holds the study (``held_until``, a lease it renews while the data set is being
+received, see node/holds.py), and the quiet period does not complete a held study. The force
+timeout ignores holds, so a sender that stalls for ever cannot keep a study open either.
+
 A study is "opened" by its first instance, and opened again by an instance that arrives after it
 was READY or later (the re-opened study is processed again), so both clocks restart at re-opening.
 """
@@ -40,6 +45,11 @@ class ArrivalTimes:
     study_id: int
     opened_at: datetime
     last_received_at: datetime
+    held_until: datetime | None = None  # an image of the study is in flight until then, at least
+
+    def held(self, now: datetime) -> bool:
+        """Whether a hold is in force at ``now`` (a hold that has expired holds nothing)."""
+        return self.held_until is not None and now < self.held_until
 
 
 @dataclass(frozen=True)
@@ -51,12 +61,25 @@ class Completion:
 def completion_reason(
     study: ArrivalTimes, now: datetime, policy: CompletionPolicy
 ) -> CompletionReason | None:
-    """Why the study is complete at ``now``, or None while it is still receiving."""
-    if now - study.last_received_at >= policy.quiet_period:
+    """Why the study is complete at ``now``, or None while it is still receiving.
+
+    QUIET when the quiet period has passed and no hold is in force; FORCED when the force timeout
+    has passed, held or not. When both apply, QUIET (the study arrived whole, as far as we know)."""
+    if now - study.last_received_at >= policy.quiet_period and not study.held(now):
         return CompletionReason.QUIET
     if now - study.opened_at >= policy.force_after:
         return CompletionReason.FORCED
     return None
+
+
+def waits_for_image_in_flight(study: ArrivalTimes, now: datetime, policy: CompletionPolicy) -> bool:
+    """True when only a hold keeps the study from completing at ``now``: its quiet period has
+    passed, but an image of it is still being received."""
+    return (
+        now - study.last_received_at >= policy.quiet_period
+        and study.held(now)
+        and completion_reason(study, now, policy) is None
+    )
 
 
 def complete_studies(

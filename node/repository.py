@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -28,7 +28,13 @@ from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, upd
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from node.completion import ArrivalTimes, CompletionPolicy, complete_studies
+from node.completion import (
+    ArrivalTimes,
+    CompletionPolicy,
+    CompletionReason,
+    complete_studies,
+    waits_for_image_in_flight,
+)
 from node.db import IngestRejection, Instance, Study, StudyEvent, StudyState
 from node.eligibility import decide_eligibility
 from node.profiles import Role, Vocabulary
@@ -40,6 +46,7 @@ _INSTANCES = cast(Table, Instance.__table__)
 _EVENTS = cast(Table, StudyEvent.__table__)
 
 Clock = Callable[[], datetime]
+HELD_EVENT = "held"  # the quiet period passed while an image of the study was still arriving
 DESCRIPTIVE_FIELDS = (
     "AnatomicRegionSequence",
     "BodyPartExamined",
@@ -233,6 +240,7 @@ class Repository:
                             claimed_by=None,
                             lease_expires_at=None,
                             purged_at=None,
+                            held_until=None,
                         )
                     )
                     reopened = True
@@ -282,6 +290,26 @@ class Repository:
 
     # -- completion -----------------------------------------------------------------------------
 
+    def hold_studies(self, study_instance_uids: Collection[str], lease: timedelta) -> int:
+        """Hold the RECEIVING studies among ``study_instance_uids`` (an image of each is being
+        received) until ``lease`` from now, in one UPDATE; returns how many were held.
+
+        The SCP renews the hold while the data set is in flight and never clears it: it lapses by
+        itself ``lease`` after the last renewal (data set stored, association ended, SCP gone)."""
+        if not study_instance_uids:
+            return 0
+        until = self.clock() + lease
+        with self.engine.begin() as conn:
+            held = conn.execute(
+                update(_STUDIES)
+                .where(
+                    _STUDIES.c.study_instance_uid.in_(sorted(study_instance_uids)),
+                    _STUDIES.c.state == StudyState.RECEIVING.value,
+                )
+                .values(held_until=until)
+            )
+        return int(held.rowcount)
+
     def complete_studies(
         self, policy: CompletionPolicy, vocabulary: Vocabulary
     ) -> list[CompletionOutcome]:
@@ -289,12 +317,22 @@ class Repository:
         now = self.clock()
         with Session(self.engine) as session:
             rows = session.execute(
-                select(Study.id, Study.opened_at, Study.last_received_at, Study.generation).where(
-                    Study.state == StudyState.RECEIVING
-                )
+                select(
+                    Study.id,
+                    Study.opened_at,
+                    Study.last_received_at,
+                    Study.generation,
+                    Study.held_until,
+                ).where(Study.state == StudyState.RECEIVING)
             ).all()
         seen = {row.id: (row.last_received_at, row.generation) for row in rows}
-        arrivals = [ArrivalTimes(row.id, row.opened_at, row.last_received_at) for row in rows]
+        arrivals = [
+            ArrivalTimes(row.id, row.opened_at, row.last_received_at, row.held_until)
+            for row in rows
+        ]
+        for arrival in arrivals:
+            if waits_for_image_in_flight(arrival, now, policy):
+                self._note_held(arrival)
         outcomes = []
         for completion in complete_studies(arrivals, now, policy):
             last, generation = seen[completion.study_id]
@@ -318,6 +356,9 @@ class Repository:
                 or study.generation != generation
             ):
                 return None  # an instance arrived meanwhile; the next tick decides
+            held = study.held_until is not None and now < study.held_until
+            if held and why == CompletionReason.QUIET:
+                return None  # an image began to arrive meanwhile; the next tick decides
             instances = session.scalars(
                 select(Instance).where(Instance.study_id == study_id).order_by(Instance.id)
             ).all()
@@ -350,14 +391,40 @@ class Repository:
             study.study_type = eligibility.study_type
             study.reason = eligibility.reason
             study.state_changed_at = now
-            label = "quiet period passed" if why == "quiet" else "force timeout passed"
-            _event(session, study_id, now, state.lower(), f"{label}; {eligibility.reason}")
+            study.held_until = None
+            _event(
+                session,
+                study_id,
+                now,
+                state.lower(),
+                f"{_completion_label(session, study, why, held)}; {eligibility.reason}",
+            )
             return CompletionOutcome(
                 study_id,
                 study.study_instance_uid,
                 state,
                 eligibility.study_type,
                 eligibility.reason,
+            )
+
+    def _note_held(self, study: ArrivalTimes) -> None:
+        """Record, once per generation, that the quiet period passed while an image of the study
+        was still arriving (the study waits for it)."""
+        now = self.clock()
+        with Session(self.engine) as session, session.begin():
+            state = session.scalar(
+                select(Study.state).where(Study.id == study.study_id).with_for_update()
+            )
+            if state != StudyState.RECEIVING or _waited_for_image(
+                session, study.study_id, study.opened_at
+            ):
+                return
+            _event(
+                session,
+                study.study_id,
+                now,
+                HELD_EVENT,
+                "quiet period passed while an image was still being received; waiting for it",
             )
 
     # -- work -----------------------------------------------------------------------------------
@@ -396,6 +463,31 @@ class Repository:
                 study.study_type,
                 study.state_changed_at,
             )
+
+
+def _waited_for_image(session: Session, study_id: int, opened_at: datetime) -> bool:
+    """Whether this generation of the study has waited for an image in flight."""
+    found = session.scalar(
+        select(StudyEvent.id)
+        .where(
+            StudyEvent.study_id == study_id,
+            StudyEvent.event == HELD_EVENT,
+            StudyEvent.at >= opened_at,
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
+def _completion_label(session: Session, study: Study, why: str, held: bool) -> str:
+    """The first part of the completion event's detail: which rule, and any wait for an image."""
+    if why != CompletionReason.QUIET:
+        if held:
+            return "force timeout passed while an image was still being received"
+        return "force timeout passed"
+    if _waited_for_image(session, study.id, study.opened_at):
+        return "quiet period passed after waiting for an image in flight"
+    return "quiet period passed"
 
 
 def _instance_values(

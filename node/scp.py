@@ -17,6 +17,10 @@ The handler parses the header only (``stop_before_pixels``): no pixel decoding, 
 Data sets are received with pynetdicom's streamed mode (``STORE_RECV_CHUNKED_DATASET``), which
 writes the incoming bytes to a temporary file instead of memory, so a large image is never held
 whole in memory; the store then adopts that file (see node/storage.py).
+
+While a data set is still arriving, ``StoreSCP.studies_in_flight`` tells which study it belongs
+to (read from the part already received), so that node/holds.py can keep that study from
+completing before the image is stored.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ import socketserver
 import ssl
 import threading
 import time
+import weakref
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +46,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_file_meta_info
 from pydicom.sequence import Sequence
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
@@ -76,6 +81,8 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 DEFLATED_HEADER_BYTES = 16 * 1024 * 1024
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _ANATOMIC_REGION_SEQUENCE = 0x00082218
+_STUDY_INSTANCE_UID_TAG = 0x0020000D
+PARTIAL_HEADER_BYTES = 256 * 1024  # read of a data set in flight, to find its StudyInstanceUID
 MIN_PDU_LIMIT = 1 << 20
 
 
@@ -178,6 +185,110 @@ def _read_header_dataset(path: Path) -> Dataset:
     )
 
 
+def study_of_partial_data_set(path: Path) -> str | None:
+    """The StudyInstanceUID of a data set of which only a first part may have arrived.
+
+    ``path`` is pynetdicom's temporary file of a C-STORE data set being received: preamble, File
+    Meta (with the accepted transfer syntax, written whole before the first data set byte), then
+    the data set's bytes so far. Only the first ``PARTIAL_HEADER_BYTES`` are read (inflated first
+    for the deflated syntax), every call: the file grows while it is read. Returns the UID once
+    the element after StudyInstanceUID has begun to arrive (so the value is whole), else None:
+    not arrived yet, no such element, not a UID, or anything unreadable. Never raises."""
+    try:
+        with path.open("rb") as fp:
+            fp.seek(128 + 4)  # preamble and "DICM"
+            meta = _read_file_meta_info(fp)
+            body = fp.read(PARTIAL_HEADER_BYTES)
+        syntax = UID(meta.TransferSyntaxUID)
+        if syntax == DeflatedExplicitVRLittleEndian:
+            body = zlib.decompressobj(-zlib.MAX_WBITS).decompress(body, PARTIAL_HEADER_BYTES)
+        passed: list[int] = []
+
+        def past_study_uid(tag: int, _vr: str | None, _length: int) -> bool:
+            if tag > _STUDY_INSTANCE_UID_TAG:
+                passed.append(tag)
+                return True
+            return False
+
+        ds = read_dataset(
+            io.BytesIO(body),
+            syntax.is_implicit_VR,
+            syntax.is_little_endian,
+            stop_when=past_study_uid,
+        )
+        element = ds.get_item(_STUDY_INSTANCE_UID_TAG) if passed else None
+        raw = b"" if element is None else element.value  # not converted: no pydicom warnings
+        value = raw.decode("ascii").strip("\x00 ") if isinstance(raw, bytes) else str(raw)
+    except Exception:  # a part of a data set: anything may be cut off or malformed
+        return None
+    return value if is_uid(value) else None
+
+
+@dataclass
+class _Transfer:
+    """What the node knows about the data sets of one association."""
+
+    last_study: str | None = None  # StudyInstanceUID of the last instance stored on it
+    storing: str | None = None  # that of the data set the C-STORE handler is storing now
+
+
+class Transfers:
+    """Which studies have a data set in flight, over the associations of one SCP.
+
+    A data set is in flight from its first P-DATA fragment until the C-STORE handler has answered
+    it. Its study is the StudyInstanceUID in the part received so far; until that part holds it
+    (the first fragments), that of the last instance stored on the same association.
+
+    Relies on pynetdicom 3.0.4: ``assoc.dimse.message`` is the DIMSE message being assembled from
+    P-DATA (``DIMSEServiceProvider.receive_primitive``), not None from its first fragment until the
+    last one has been decoded; with ``_config.STORE_RECV_CHUNKED_DATASET`` a C-STORE-RQ's data set
+    is written, as it arrives, to the temporary file ``message._data_set_path`` (File Meta first).
+    The complete message then waits in the association's queue (milliseconds) for EVT_C_STORE,
+    whose handler reports here what it stores (``storing``, ``stored``, ``finished``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_association: weakref.WeakKeyDictionary[Association, _Transfer] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _transfer(self, assoc: Association) -> _Transfer:
+        transfer = self._by_association.get(assoc)
+        if transfer is None:
+            transfer = self._by_association[assoc] = _Transfer()
+        return transfer
+
+    def storing(self, assoc: Association, study_instance_uid: str) -> None:
+        with self._lock:
+            self._transfer(assoc).storing = study_instance_uid
+
+    def stored(self, assoc: Association, study_instance_uid: str) -> None:
+        with self._lock:
+            self._transfer(assoc).last_study = study_instance_uid
+
+    def finished(self, assoc: Association) -> None:
+        with self._lock:
+            self._transfer(assoc).storing = None
+
+    def studies_in_flight(self, associations: Iterable[Association]) -> set[str]:
+        """The StudyInstanceUIDs of the data sets in flight on ``associations`` (an idle
+        association contributes nothing)."""
+        found = set()
+        for assoc in associations:
+            with self._lock:
+                transfer = self._transfer(assoc)
+                storing, last = transfer.storing, transfer.last_study
+            message = getattr(getattr(assoc, "dimse", None), "message", None)
+            if storing is not None:
+                found.add(storing)
+            if message is not None:  # the next data set may arrive while the handler stores
+                path = getattr(message, "_data_set_path", None)
+                study = None if path is None else study_of_partial_data_set(Path(path))
+                if study or last:
+                    found.add(cast(str, study or last))
+        return found
+
+
 class StoreHandler:
     """EVT_C_STORE: durable store, then database row, then success; statuses for everything else."""
 
@@ -197,11 +308,18 @@ class StoreHandler:
         self.max_dataset_bytes = max_dataset_bytes
         self.min_free_bytes = min_free_bytes
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="durable")
+        self.transfers = Transfers()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
 
     def __call__(self, event: evt.Event) -> Dataset:
+        try:
+            return self._answer(event)
+        finally:
+            self.transfers.finished(event.assoc)
+
+    def _answer(self, event: evt.Event) -> Dataset:
         calling = str(event.assoc.requestor.ae_title).strip()
         try:
             return _status(SUCCESS, self._store(event, calling))
@@ -239,6 +357,7 @@ class StoreHandler:
         durable = None if relative is None else self.pool.submit(self.store.adopt, source, relative)
         try:
             header = header_of(source, sop_class, sop_instance)
+            self.transfers.storing(event.assoc, header.study_instance_uid)
             record = _record(header, role, str(event.context.transfer_syntax), source, calling)
             same: Callable[[str | None], bool] = (
                 (lambda _stored: True)  # ignored objects are not kept: a re-send is a no-op
@@ -258,6 +377,7 @@ class StoreHandler:
                 wait([durable])
                 self.store.remove(relative)
             raise
+        self.transfers.stored(event.assoc, header.study_instance_uid)
         metrics.instance_received(str(result.outcome) if role is Role.ANALYSE else "ignored")
         if result.outcome is IngestOutcome.DUPLICATE:
             if relative is not None:
@@ -500,6 +620,13 @@ class StoreSCP:
         threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True).start()
         self.ae._servers.append(server)
         self.server = server
+
+    def studies_in_flight(self) -> set[str]:
+        """The StudyInstanceUIDs of the data sets being received now (see Transfers)."""
+        server = self.server
+        if server is None:
+            return set()
+        return self.handler.transfers.studies_in_flight(server.active_associations)
 
     @property
     def port(self) -> int:

@@ -31,6 +31,7 @@ from node.completion import CompletionPolicy
 from node.config import Config, ModelConfig
 from node.db import make_engine, safe_url, upgrade_database
 from node.errors import CheckpointError, DatabaseUnavailable
+from node.holds import HoldRenewer, hold_interval_s
 from node.processing import ProcessingRepository
 from node.profiles import load_storage_profile, load_vocabulary
 from node.repository import Clock, Repository, utcnow
@@ -74,6 +75,9 @@ class Node:
             min_free_bytes=config.storage.min_free_bytes,
         )
         self.scp = StoreSCP(config.dicom, profile, self.handler)  # loads the TLS files
+        self.holds = HoldRenewer(
+            self.scp.studies_in_flight, self.repository, hold_interval_s(config.completion)
+        )
         for destination in config.destinations:
             client_context(destination)  # a missing or wrong TLS file stops the node here
         policy = CompletionPolicy.from_seconds(
@@ -110,6 +114,7 @@ class Node:
                 self.config.metrics.host, self.config.metrics.port, self._counts, self._health
             )
         self.scp.start()
+        self.holds.start()
         if children:
             self.children = [self._start_child(index) for index in range(len(self.roles))]
         dicom = self.config.dicom
@@ -210,6 +215,7 @@ class Node:
         aborted = self.scp.stop(grace)
         if aborted:
             log.warning("aborted %d association(s) still open after the grace period", aborted)
+        self.holds.stop()
         self.stop_writer.close()  # every child sees end-of-file on its end
         deadline = time.monotonic() + grace
         for role, process in zip(self.roles, self.children, strict=False):

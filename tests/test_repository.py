@@ -267,3 +267,123 @@ def test_schema_upgrade_keeps_rows(database_url: str, tmp_path: Path) -> None:
     ingest(Repository(engine), record("1.1"), "f1")
     upgrade_database(make_engine(database_url))
     assert study(engine).state == StudyState.RECEIVING
+
+
+def details(engine: Engine, uid: str = "1.2.3") -> list[tuple[str, str | None]]:
+    with Session(engine) as session:
+        return [
+            (row.event, row.detail)
+            for row in session.execute(
+                select(StudyEvent.event, StudyEvent.detail)
+                .join(Study, Study.id == StudyEvent.study_id)
+                .where(Study.study_instance_uid == uid)
+                .order_by(StudyEvent.id)
+            )
+        ]
+
+
+LEASE = timedelta(seconds=5)
+
+
+def test_hold_sets_held_until_on_receiving_studies_only(
+    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+) -> None:
+    ingest(repo, record("1.1", "1.2.3"), "f1")
+    ingest(repo, record("2.1", "4.5.6"), "f2")
+    clock.advance(61)
+    repo.complete_studies(POLICY, vocabulary)  # both READY
+    ingest(repo, record("3.1", "7.8.9"), "f3")
+    assert repo.hold_studies({"1.2.3", "7.8.9", "9.9.9"}, LEASE) == 1
+    assert repo.hold_studies(set(), LEASE) == 0
+    assert study(engine, "7.8.9").held_until == clock.now + LEASE
+    assert study(engine, "1.2.3").held_until is None
+    assert study(engine, "4.5.6").held_until is None
+
+
+def test_held_study_waits_past_its_quiet_period_then_completes_once(
+    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+) -> None:
+    ingest(repo, record("1.1"), "f1")
+    clock.advance(30)
+    for _ in range(25):  # an image in flight for 100 s, its hold renewed every 4 s
+        repo.hold_studies({"1.2.3"}, LEASE)
+        clock.advance(4)
+        assert repo.complete_studies(POLICY, vocabulary) == []
+    assert study(engine).state == StudyState.RECEIVING
+    ingest(repo, record("1.2"), "f2")  # the image arrives
+    clock.advance(60)
+    [outcome] = repo.complete_studies(POLICY, vocabulary)
+    assert outcome.state == StudyState.READY
+    finished = study(engine)
+    assert finished.held_until is None
+    assert [event for event, _ in details(engine)] == ["opened", "held", "ready"]
+    held_detail, ready_detail = details(engine)[1][1], details(engine)[2][1]
+    assert held_detail is not None and "image was still being received" in held_detail
+    assert ready_detail is not None
+    assert ready_detail.startswith("quiet period passed after waiting for an image in flight; ")
+
+
+def test_a_lapsed_hold_lets_the_quiet_period_complete(
+    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+) -> None:
+    ingest(repo, record("1.1"), "f1")
+    clock.advance(58)
+    repo.hold_studies({"1.2.3"}, LEASE)  # the association ended before the data set did
+    clock.advance(3)
+    assert repo.complete_studies(POLICY, vocabulary) == []
+    clock.advance(2)
+    [outcome] = repo.complete_studies(POLICY, vocabulary)
+    assert outcome.state == StudyState.READY
+    assert details(engine)[-1][1] is not None
+    assert str(details(engine)[-1][1]).startswith("quiet period passed after waiting for an image")
+
+
+def test_a_hold_set_while_the_tick_decides_is_respected(
+    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+) -> None:
+    ingest(repo, record("1.1"), "f1")
+    seen_last = study(engine).last_received_at
+    clock.advance(61)
+    repo.hold_studies({"1.2.3"}, LEASE)  # after the tick read the rows
+    assert repo._complete_one(study(engine).id, seen_last, 1, "quiet", vocabulary) is None
+    assert study(engine).state == StudyState.RECEIVING
+
+
+def test_force_timeout_completes_a_held_study(
+    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+) -> None:
+    ingest(repo, record("1.1"), "f1")
+    while clock.now < T0 + timedelta(seconds=900):
+        repo.hold_studies({"1.2.3"}, LEASE)  # a sender stalled for ever
+        assert repo.complete_studies(POLICY, vocabulary) == []
+        clock.advance(4)
+    repo.hold_studies({"1.2.3"}, LEASE)
+    [outcome] = repo.complete_studies(POLICY, vocabulary)
+    assert outcome.state == StudyState.READY
+    assert study(engine).held_until is None
+    assert [event for event, _ in details(engine)] == ["opened", "held", "ready"]
+    assert str(details(engine)[-1][1]).startswith(
+        "force timeout passed while an image was still being received; "
+    )
+    assert repo.hold_studies({"1.2.3"}, LEASE) == 0  # a READY study is not held
+
+
+def test_held_event_once_per_generation(
+    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+) -> None:
+    for generation in range(2):
+        ingest(repo, record(f"1.{generation}"), f"f{generation}")
+        clock.advance(61)
+        repo.hold_studies({"1.2.3"}, LEASE)
+        repo.complete_studies(POLICY, vocabulary)
+        repo.complete_studies(POLICY, vocabulary)
+        clock.advance(10)
+        repo.complete_studies(POLICY, vocabulary)
+    assert [event for event, _ in details(engine)] == [
+        "opened",
+        "held",
+        "ready",
+        "reopened",
+        "held",
+        "ready",
+    ]

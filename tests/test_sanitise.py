@@ -8,6 +8,7 @@ worker does (pydicom, with warnings), and builds the SR and an SC from it. Its s
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import warnings
@@ -230,7 +231,7 @@ def test_any_copied_value_gives_valid_results(
 
 @given(
     name=st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=20),
-    birth=st.dates(),
+    birth=st.dates(datetime.date(1000, 1, 1), datetime.date(2999, 12, 31)),
 )
 @settings(max_examples=50, deadline=None)
 def test_valid_values_are_copied_unchanged(name: str, birth: object) -> None:

@@ -111,7 +111,7 @@ class _CheckedDIMSE(DIMSEServiceProvider):
         super().receive_primitive(self._checked(self.message, primitive))
 
     def _checked(self, message: DIMSEMessage, primitive: P_DATA) -> P_DATA:
-        items = list(primitive.presentation_data_value_list)
+        items: list[Any] = list(primitive.presentation_data_value_list)  # of [ID, bytes]
         for index, (context_id, data) in enumerate(items):
             if data[0] & 0b11 != 0b11:  # not the last fragment of a command set
                 continue
@@ -141,7 +141,8 @@ class _CheckedDIMSE(DIMSEServiceProvider):
 class _CheckedAssociation(Association):
     def _serve_request(self, msg: Any, context_id: int) -> None:
         problems = cast(_CheckedDIMSE, self.dimse).problems
-        problem = problems.pop(msg.MessageID, None) if isinstance(msg, C_STORE) else None
+        stored = isinstance(msg, C_STORE) and msg.MessageID is not None
+        problem = problems.pop(msg.MessageID, None) if stored else None
         context = self._accepted_cx.get(context_id)
         if problem is None or context is None or self._sent_release:
             super()._serve_request(msg, context_id)  # pynetdicom's way, including its refusals

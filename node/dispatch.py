@@ -82,13 +82,14 @@ class Dispatcher:
         link = self.scu.open(destination, self.tls[destination.name], find=find)
         try:
             for index, delivery in enumerate(deliveries):
-                refusal = link.refusal(delivery.sop_class_uid)
-                if refusal is not None:
-                    self._failed(delivery, None, refusal)
-                elif not link.is_open:  # ended after an earlier object got no response
+                if link.assoc is not None and not link.is_open:
+                    # it ended after an earlier object (no response): the rest go next round
                     for left in deliveries[index:]:
                         self.outbox.release(left)
                     return
+                refusal = link.refusal(delivery.sop_class_uid)
+                if refusal is not None:
+                    self._failed(delivery, None, refusal)
                 else:
                     self._deliver(link, delivery)
         finally:
@@ -120,7 +121,11 @@ class Dispatcher:
                 log.info("%s holds the %s already (C-FIND)", name, delivery.kind.upper())
                 return
             if held is None:  # may hold it: say so when it goes again
-                why = "offers no C-FIND" if not link.offers_find else "did not answer the C-FIND"
+                why = (
+                    "offers no C-FIND"
+                    if not link.offers_find
+                    else "answered the C-FIND with a failure"
+                )
                 event = (
                     SENT_AGAIN,
                     f"{what} sent again after an attempt without response; {name} {why}, "
@@ -129,7 +134,7 @@ class Dispatcher:
         try:
             status = link.store(path)
         except Exception as exc:  # not sent: the file cannot be read or encoded
-            self._failed(delivery, None, f"{exc.__class__.__name__}: {exc}", event=event)
+            self._failed(delivery, None, f"{exc.__class__.__name__}: {exc}")
             return
         self._answered(link, delivery, status, event)
 

@@ -133,7 +133,7 @@ def _reason(exc: OSError | None, timeout: float) -> str:
     if isinstance(exc, TimeoutError | socket.timeout):
         return f"no answer within {timeout:g} s"
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS: {exc.verify_message or exc.reason}"
+        return f"TLS: certificate not verified ({exc.verify_message or exc.reason})"
     if isinstance(exc, ssl.SSLError):
         return f"TLS: {exc.reason or exc}"
     return exc.strerror or str(exc) or exc.__class__.__name__

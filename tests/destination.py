@@ -1,7 +1,7 @@
 """A small pynetdicom storage SCP standing in for a PACS: it records every result it receives.
 
 Options make it a less accommodating PACS: only some SOP classes or transfer syntaxes, Study
-Root C-FIND (answered from what it holds), or C-STOREs that it stores and then does not answer
+Root C-FIND (answered from what it holds, or always with ``find_status``), or C-STOREs that it stores and then does not answer
 (``hang``: the next N; the handler blocks until ``unblock`` is set or ``hang_s`` passed).
 """
 
@@ -34,6 +34,7 @@ class Destination:
         *,
         contexts: dict[str, Sequence[str]] | None = None,
         find: bool = False,
+        find_status: int | None = None,
         hang_s: float = 10.0,
     ) -> None:
         self.ae_title = ae_title
@@ -47,6 +48,7 @@ class Destination:
         self.held: dict[str, tuple[str, str]] = {}  # SOP Instance UID -> (study, series)
         self.hang = 0
         self.hang_s = hang_s
+        self.find_status = find_status  # a failure status for every C-FIND
         self.unblock = threading.Event()
         self.server: ThreadedAssociationServer | None = None
         self.ae = AE(ae_title=ae_title)
@@ -73,6 +75,9 @@ class Destination:
     def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
         query = event.identifier
         keys = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+        if self.find_status is not None:
+            yield self.find_status, None
+            return
         if str(query.get("QueryRetrieveLevel", "")) != "IMAGE":
             yield 0xA900, None
             return

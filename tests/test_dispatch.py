@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -40,6 +41,7 @@ from node.worker import Worker
 from tests import destination as dest
 from tests.conftest import FakeClock
 from tests.factory import dcmtk_env, free_port, storescu, write_study
+from tests.tls import make_certificates
 
 TIMEOUT_S = 1.0
 SR = "Comprehensive SR Storage"
@@ -61,8 +63,8 @@ class Delivering:
         self.config: Config = node.config
         self.studies = 0
 
-    def to(self, ae_title: str, port: int, host: str = "127.0.0.1") -> Dispatcher:
-        destination = Destination(name="pacs", ae_title=ae_title, host=host, port=port)
+    def to(self, ae_title: str, port: int, host: str = "127.0.0.1", **tls: Any) -> Dispatcher:
+        destination = Destination(name="pacs", ae_title=ae_title, host=host, port=port, **tls)
         self.config = replace(self.node.config, destinations=(destination,))
         return Dispatcher(self.config, self.clock)
 
@@ -115,15 +117,28 @@ class Delivering:
             ).one()
 
 
+def start_delivering(
+    make_node: Callable[..., Node], engine: InferenceEngine, tmp_path: Path, **sections: Any
+) -> Delivering:
+    clock = FakeClock()
+    dispatch = {"timeout_s": TIMEOUT_S, "first_retry_s": 30.0, "max_attempts": 5}
+    node = make_node(clock=clock, dispatch=dispatch, **sections)
+    return Delivering(node, clock, engine, tmp_path)
+
+
 @pytest.fixture
 def delivering(
     make_node: Callable[..., Node], engine: InferenceEngine, tmp_path: Path
-) -> Iterator[Delivering]:
-    clock = FakeClock()
-    node = make_node(
-        clock=clock, dispatch={"timeout_s": TIMEOUT_S, "first_retry_s": 30.0, "max_attempts": 5}
-    )
-    yield Delivering(node, clock, engine, tmp_path)
+) -> Delivering:
+    return start_delivering(make_node, engine, tmp_path)
+
+
+@pytest.fixture
+def delivering_any_db(
+    make_node: Callable[..., Node], engine: InferenceEngine, tmp_path: Path, database_url: str
+) -> Delivering:
+    """The same, once with SQLite and once with PostgreSQL."""
+    return start_delivering(make_node, engine, tmp_path, database={"url": database_url})
 
 
 @pytest.fixture
@@ -275,6 +290,21 @@ def test_unknown_host_is_cannot_connect_with_the_reason(delivering: Delivering) 
     assert "refused" not in error and "aborted" not in error
 
 
+def test_untrusted_tls_certificate_is_cannot_connect_with_the_tls_reason(
+    delivering: Delivering, pacs: Callable[..., dest.Destination], tmp_path: Path
+) -> None:
+    certificates = make_certificates(tmp_path / "certificates")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(str(certificates.server_cert), str(certificates.server_key))
+    destination = pacs(ssl_context=server)
+    dispatcher = delivering.to(
+        "PACS", destination.port, host="localhost", tls=True, tls_ca=str(certificates.other_ca)
+    )
+    error = first_error(delivering, dispatcher)
+    assert error.startswith(f"cannot connect to localhost:{destination.port}: TLS: ")
+    assert "certificate" in error
+
+
 def test_wrong_called_ae_title_is_rejected_with_the_reason(
     delivering: Delivering, pacs: Callable[..., dest.Destination]
 ) -> None:
@@ -355,8 +385,9 @@ def lose_the_first_response(
 
 
 def test_lost_response_is_confirmed_by_c_find_and_not_sent_again(
-    delivering: Delivering, pacs: Callable[..., dest.Destination]
+    delivering_any_db: Delivering, pacs: Callable[..., dest.Destination]
 ) -> None:
+    delivering = delivering_any_db
     destination = pacs(find=True)
     study_uid, dispatcher = lose_the_first_response(delivering, destination)
     try:
@@ -374,8 +405,9 @@ def test_lost_response_is_confirmed_by_c_find_and_not_sent_again(
 
 
 def test_lost_response_without_c_find_is_sent_again_and_recorded(
-    delivering: Delivering, pacs: Callable[..., dest.Destination]
+    delivering_any_db: Delivering, pacs: Callable[..., dest.Destination]
 ) -> None:
+    delivering = delivering_any_db
     destination = pacs(find=False)
     study_uid, dispatcher = lose_the_first_response(delivering, destination)
     try:
@@ -395,8 +427,9 @@ def test_lost_response_without_c_find_is_sent_again_and_recorded(
 
 
 def test_lost_response_not_held_by_the_destination_is_sent_without_an_event(
-    delivering: Delivering, pacs: Callable[..., dest.Destination]
+    delivering_any_db: Delivering, pacs: Callable[..., dest.Destination]
 ) -> None:
+    delivering = delivering_any_db
     destination = pacs(find=True)
     study_uid, dispatcher = lose_the_first_response(delivering, destination)
     destination.held.clear()  # it lost the object after all
@@ -408,6 +441,23 @@ def test_lost_response_not_held_by_the_destination_is_sent_without_an_event(
     assert (sr.state, sr.unanswered, sr.attempts) == ("SENT", False, 2)
     assert destination.copies[sr_uid(delivering)] == 2
     assert delivering.events("delivery confirmed") == delivering.events("sent again") == []
+    assert delivering.state(study_uid) == "DONE"
+
+
+def test_lost_response_with_a_failing_c_find_is_sent_again_and_recorded(
+    delivering: Delivering, pacs: Callable[..., dest.Destination]
+) -> None:
+    destination = pacs(find=True, find_status=0xA700)
+    study_uid, dispatcher = lose_the_first_response(delivering, destination)
+    assert delivering.state(study_uid) == "DISPATCHING"
+    try:
+        assert dispatcher.run_once() == 1
+    finally:
+        dispatcher.close()
+    assert delivering.deliveries()["sr"].state == "SENT"
+    assert destination.copies[sr_uid(delivering)] == 2
+    (again,) = delivering.events("sent again")
+    assert "pacs answered the C-FIND with a failure, so it may hold the object twice" in again
     assert delivering.state(study_uid) == "DONE"
 
 

@@ -82,14 +82,14 @@ def problem_of(command_set: Dataset, abstract_syntax: str | None = None) -> Requ
         return RequestProblem("Affected SOP Class UID is not the presentation context's", (), True)
     kinds = [CHECKED[k].split()[2] for k in missing or invalid]  # "Class", "Instance"
     if missing and invalid:
-        comment = f"Affected SOP {kinds[0]} UID missing, {CHECKED[invalid[0]][9:]} not a UID"
+        comment = f"Affected SOP {kinds[0]} UID missing, {CHECKED[invalid[0]][9:]} not valid"
     elif missing:
         plural = "s" if len(kinds) > 1 else ""
         comment = f"C-STORE request without Affected SOP {' and '.join(kinds)} UID{plural}"
     elif len(kinds) > 1:
-        comment = "Affected SOP Class and Instance UIDs in the request are not UIDs"
+        comment = "Affected SOP Class and Instance UIDs in the request not valid"
     else:
-        comment = f"Affected SOP {kinds[0]} UID in the request is not a UID"
+        comment = f"Affected SOP {kinds[0]} UID in the request is not a valid UID"
     return RequestProblem(comment[:64], tuple(missing + invalid))
 
 

@@ -385,24 +385,24 @@ CASES = [
         0xA900,
         "SOPClassUID in the data set differs",
     ),
-    refused(
+    refused(  # the request is checked first (node/scp_requests.py)
         "request-instance-path-like",
         lambda: of(radiograph(), sop_instance="../../../../tmp/mura-hostile"),
-        0xA900,
-        "SOPInstanceUID in the data set differs",
+        0xC001,
+        "Affected SOP Instance UID in the request is not a valid UID",
     ),
     # invalid and path-like UIDs
     refused(
         "sop-instance-etc-passwd",
         lambda: with_uid("SOPInstanceUID", "../../etc/passwd"),
         0xC001,
-        "sop_instance_uid is missing or not a valid UID",
+        "Affected SOP Instance UID in the request is not a valid UID",
     ),
     refused(
         "sop-instance-dots-slashes",
         lambda: with_uid("SOPInstanceUID", "1.2.3/../../x"),
         0xC001,
-        "sop_instance_uid is missing or not a valid UID",
+        "Affected SOP Instance UID in the request is not a valid UID",
     ),
     refused(
         "study-uid-path-like",

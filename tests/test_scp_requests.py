@@ -105,15 +105,15 @@ CASES = [
     (CR, "", "C-STORE request without Affected SOP Instance UID"),
     (ABSENT, SOP_INSTANCE, "C-STORE request without Affected SOP Class UID"),
     (ABSENT, ABSENT, "C-STORE request without Affected SOP Class and Instance UIDs"),
-    (CR, "1.2.3.abc", "Affected SOP Instance UID in the request is not a UID"),
-    (CR, "1." * 32 + "1", "Affected SOP Instance UID in the request is not a UID"),
-    (ABSENT, "1.2.3.abc", "Affected SOP Class UID missing, SOP Instance UID not a UID"),
+    (CR, "1.2.3.abc", "Affected SOP Instance UID in the request is not a valid UID"),
+    (CR, "1." * 32 + "1", "Affected SOP Instance UID in the request is not a valid UID"),
+    (ABSENT, "1.2.3.abc", "Affected SOP Class UID missing, SOP Instance UID not valid"),
     (
         "1.2.840.10008.5.1.4.1.1.x",
         SOP_INSTANCE,
-        "Affected SOP Class UID in the request is not a UID",
+        "Affected SOP Class UID in the request is not a valid UID",
     ),
-    ("1." * 32 + "1", SOP_INSTANCE, "Affected SOP Class UID in the request is not a UID"),
+    ("1." * 32 + "1", SOP_INSTANCE, "Affected SOP Class UID in the request is not a valid UID"),
 ]
 
 

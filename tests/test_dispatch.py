@@ -41,6 +41,7 @@ from node.worker import Worker
 from tests import destination as dest
 from tests.conftest import FakeClock
 from tests.factory import dcmtk_env, free_port, storescu, write_study
+from tests.orthanc import Orthanc
 from tests.tls import make_certificates
 
 TIMEOUT_S = 1.0
@@ -459,6 +460,45 @@ def test_lost_response_with_a_failing_c_find_is_sent_again_and_recorded(
     (again,) = delivering.events("sent again")
     assert "pacs answered the C-FIND with a failure, so it may hold the object twice" in again
     assert delivering.state(study_uid) == "DONE"
+
+
+@pytest.mark.parametrize("holds", [True, False], ids=["held", "not-held"])
+def test_c_find_against_orthanc_decides_whether_a_lost_response_goes_again(
+    delivering: Delivering, tmp_path: Path, holds: bool
+) -> None:
+    """Orthanc (a real PACS) answers the node's IMAGE-level Study Root C-FIND. The lost response
+    is made by hand here (the delivery is marked unanswered after Orthanc stored the SR); the
+    tests above lose it for real, against a PACS that never answers."""
+    orthanc = Orthanc(tmp_path / "orthanc", extra={"DicomAlwaysAllowFind": True})
+    orthanc.start()
+    try:
+        dispatcher = delivering.to(orthanc.ae_title, orthanc.dicom_port)
+        study_uid = delivering.study()
+        assert dispatcher.run_once() == 2
+        sr = delivering.deliveries()["sr"]
+        with Session(delivering.node.engine) as session, session.begin():
+            lost = session.get_one(Dispatch, sr.id)
+            lost.state, lost.unanswered, lost.next_attempt_at = "RETRY", True, delivering.clock()
+        if not holds:  # Orthanc lost it after all
+            (stored,) = [
+                i
+                for i in orthanc.get("/instances")
+                if orthanc.get(f"/instances/{i}/simplified-tags")["Modality"] == "SR"
+            ]
+            orthanc.delete(f"/instances/{stored}")
+        try:
+            assert dispatcher.run_once() == 1
+        finally:
+            dispatcher.close()
+        sr = delivering.deliveries()["sr"]
+        assert (sr.state, sr.unanswered) == ("SENT", False)
+        assert sr.attempts == (1 if holds else 2)
+        assert len(delivering.events("delivery confirmed")) == (1 if holds else 0)
+        assert delivering.events("sent again") == []
+        assert len(orthanc.get("/instances")) == 2
+        assert delivering.state(study_uid) == "DONE"
+    finally:
+        orthanc.stop()
 
 
 def sr_uid(delivering: Delivering) -> str:

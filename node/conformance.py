@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pydicom.uid import UID
 
-from node.dispatch import EXPLICIT_LITTLE, RESULT_CLASSES
 from node.profiles import Role, StorageProfile, load_storage_profile
+from node.scu import RESULT_CLASSES, RESULT_TRANSFER_SYNTAXES, STUDY_ROOT_FIND
 
 
 def scp_classes(profile: StorageProfile) -> str:
@@ -38,9 +38,13 @@ def scp_transfer_syntaxes(profile: StorageProfile) -> str:
 
 
 def scu_classes() -> str:
-    rows = ["| SOP class | UID | transfer syntax |", "| --- | --- | --- |"]
-    syntax = f"{UID(EXPLICIT_LITTLE).name} ({EXPLICIT_LITTLE})"
-    rows += [f"| {UID(uid).name} | {uid} | {syntax} |" for uid in RESULT_CLASSES]
+    rows = ["| SOP class | UID | transfer syntaxes | proposed |", "| --- | --- | --- | --- |"]
+    syntaxes = ", ".join(f"{UID(ts).name} ({ts})" for ts in RESULT_TRANSFER_SYNTAXES)
+    rows += [f"| {UID(uid).name} | {uid} | {syntaxes} | always |" for uid in RESULT_CLASSES]
+    rows.append(
+        f"| {UID(STUDY_ROOT_FIND).name} | {STUDY_ROOT_FIND} | {syntaxes} | "
+        "when a delivery's earlier attempt got no response |"
+    )
     return "\n".join(rows)
 
 

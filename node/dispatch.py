@@ -1,9 +1,18 @@
-"""The dispatcher: C-STORE SCU that delivers results to every configured destination.
+"""The dispatcher: delivers results to every configured destination as a C-STORE SCU.
 
 Due deliveries (node/outbox.py) are grouped by destination and sent on one association per
-destination and round. Success (0x0000) and the storage warnings 0xB000, 0xB006 and 0xB007 count as
-stored; any other status, a refused association or a network failure is a failed attempt, retried
-with exponential back-off and dead-lettered after ``dispatch.max_attempts``.
+destination and round (node/scu.py proposes the contexts and words what became of the
+association). Success (0x0000) and the storage warnings 0xB000, 0xB006 and 0xB007 count as
+stored; any other status, a failed association, or no presentation context for the object's SOP
+class is a failed attempt, retried with exponential back-off and dead-lettered after
+``dispatch.max_attempts``. Objects of other classes still go on the same association.
+
+An attempt that sent the data set and got no response (timeout, abort, connection lost) leaves
+the delivery ``unanswered``: the destination may hold the object. Before it is sent again, a
+destination that accepts Study Root C-FIND is asked at IMAGE level; if it holds the object, the
+delivery is SENT without sending (study event "delivery confirmed"); if not, it is sent. A
+destination without C-FIND gets it again, and the study event "sent again" says that it may now
+hold it twice (or have replaced it).
 """
 
 from __future__ import annotations
@@ -13,23 +22,19 @@ import threading
 from collections import defaultdict
 from datetime import timedelta
 
-from pydicom import dcmread
-from pynetdicom import AE
+from pydicom.dataset import Dataset
 
 from node import metrics
 from node.config import Config, Destination
 from node.db import make_engine
-from node.outbox import Delivery, Outbox
+from node.outbox import CONFIRMED, SENT_AGAIN, Delivery, Event, Outbox
 from node.repository import Clock, utcnow
+from node.scu import SCU, STORED, Link
 from node.stopflag import StopFlag
 from node.storage import FileStore
 from node.tls import client_context
 
 log = logging.getLogger(__name__)
-
-STORED = {0x0000, 0xB000, 0xB006, 0xB007}
-RESULT_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.7")
-EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 
 
 class Dispatcher:
@@ -41,15 +46,10 @@ class Dispatcher:
         self.store = FileStore(config.storage.data_dir)
         self.db = make_engine(config.database_url)
         self.outbox = Outbox(self.db, clock)
-        self.ae = AE(ae_title=config.dicom.ae_title)
-        for sop_class in RESULT_CLASSES:
-            self.ae.add_requested_context(sop_class, EXPLICIT_LITTLE)
-        timeout = self.settings.timeout_s
-        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = timeout
-        self.ae.connection_timeout = timeout
+        self.scu = SCU(config.dicom.ae_title, self.settings.timeout_s)
 
     def run_once(self) -> int:
-        """Send what is due; returns how many deliveries were attempted."""
+        """Send what is due; returns how many deliveries were taken."""
         lease = timedelta(seconds=self.settings.timeout_s * 4)
         due = self.outbox.take_due(lease)
         by_destination: dict[str, list[Delivery]] = defaultdict(list)
@@ -78,61 +78,95 @@ class Dispatcher:
         self.db.dispose()
 
     def _send(self, destination: Destination, deliveries: list[Delivery]) -> None:
+        find = any(d.unanswered for d in deliveries)
+        link = self.scu.open(destination, self.tls[destination.name], find=find)
         try:
-            tls = self.tls[destination.name]
-            assoc = self.ae.associate(
-                destination.host,
-                destination.port,
-                ae_title=destination.ae_title,
-                tls_args=(tls, destination.host) if tls is not None else None,
-            )
-        except Exception as exc:  # socket errors surface here on some platforms
-            for delivery in deliveries:
-                self._failed(delivery, None, f"cannot connect: {exc}")
-            return
-        if not assoc.is_established:
-            reason = (
-                "association rejected"
-                if assoc.is_rejected
-                else "association failed (destination down?)"
-            )
-            for delivery in deliveries:
-                self._failed(delivery, None, reason)
-            return
-        try:
-            for delivery in deliveries:
-                if not assoc.is_established:
-                    self._failed(delivery, None, "association lost")
-                    continue
-                try:
-                    dataset = dcmread(self.store.path_of(delivery.file_path))
-                    status = assoc.send_c_store(dataset)
-                except Exception as exc:
-                    self._failed(delivery, None, f"{exc.__class__.__name__}: {exc}")
-                    continue
-                code = int(status.Status) if "Status" in status else None
-                if code in STORED:
-                    self.outbox.sent(delivery, code)
-                    metrics.delivery(destination.name, "stored")
-                    log.info(
-                        "delivered %s to %s (0x%04X)",
-                        "SR" if "88" in delivery.sop_class_uid else "SC",
-                        destination.name,
-                        code,
-                    )
+            for index, delivery in enumerate(deliveries):
+                if link.assoc is not None and not link.is_open:
+                    # it ended after an earlier object (no response): the rest go next round
+                    for left in deliveries[index:]:
+                        self.outbox.release(left)
+                    return
+                refusal = link.refusal(delivery.sop_class_uid)
+                if refusal is not None:
+                    self._failed(delivery, None, refusal)
                 else:
-                    comment = str(status.get("ErrorComment", "")) if code is not None else ""
-                    error = (
-                        f"status 0x{code:04X} {comment}".strip()
-                        if code is not None
-                        else "no response"
-                    )
-                    self._failed(delivery, code, error)
+                    self._deliver(link, delivery)
         finally:
-            if assoc.is_established:
-                assoc.release()
+            link.close()
 
-    def _failed(self, delivery: Delivery, status: int | None, error: str) -> None:
+    def _deliver(self, link: Link, delivery: Delivery) -> None:
+        name = link.destination.name
+        path = self.store.path_of(delivery.file_path)
+        event: Event | None = None
+        if delivery.unanswered:
+            held = None
+            if link.offers_find:
+                try:
+                    held = link.holds(path)
+                except Exception as exc:  # the file cannot be read: not asked
+                    self._failed(delivery, None, f"C-FIND: {exc.__class__.__name__}: {exc}")
+                    return
+                if not link.is_open:
+                    self._failed(delivery, None, f"association with {name} ended during C-FIND")
+                    return
+            what = f"{name}: {delivery.kind.upper()} {delivery.sop_instance_uid}"
+            if held:
+                detail = (
+                    f"{what} held by the destination (C-FIND) after an attempt without "
+                    "response; not sent again"
+                )
+                self.outbox.confirmed(delivery, (CONFIRMED, detail))
+                metrics.delivery(name, "stored")
+                log.info("%s holds the %s already (C-FIND)", name, delivery.kind.upper())
+                return
+            if held is None:  # may hold it: say so when it goes again
+                why = (
+                    "offers no C-FIND"
+                    if not link.offers_find
+                    else "answered the C-FIND with a failure"
+                )
+                event = (
+                    SENT_AGAIN,
+                    f"{what} sent again after an attempt without response; {name} {why}, "
+                    "so it may hold the object twice or have replaced it",
+                )
+        try:
+            status = link.store(path)
+        except Exception as exc:  # not sent: the file cannot be read or encoded
+            self._failed(delivery, None, f"{exc.__class__.__name__}: {exc}")
+            return
+        self._answered(link, delivery, status, event)
+
+    def _answered(
+        self, link: Link, delivery: Delivery, status: Dataset, event: Event | None
+    ) -> None:
+        name = link.destination.name
+        code = int(status.Status) if "Status" in status else None
+        if code is None:
+            error = (
+                f"no response from {name} within {self.settings.timeout_s:g} s or association "
+                "lost after the data set was sent; the destination may hold the object"
+            )
+            self._failed(delivery, None, error, unanswered=True, event=event)
+        elif code in STORED:
+            self.outbox.sent(delivery, code, event)
+            metrics.delivery(name, "stored")
+            log.info("delivered %s to %s (0x%04X)", delivery.kind.upper(), name, code)
+        else:
+            comment = str(status.get("ErrorComment", "") or "")
+            error = f"status 0x{code:04X} {comment}".strip()
+            self._failed(delivery, code, error, unanswered=False, event=event)
+
+    def _failed(
+        self,
+        delivery: Delivery,
+        status: int | None,
+        error: str,
+        *,
+        unanswered: bool | None = None,
+        event: Event | None = None,
+    ) -> None:
         state = self.outbox.failed(
             delivery,
             status,
@@ -140,6 +174,8 @@ class Dispatcher:
             self.settings.max_attempts,
             self.settings.first_retry_s,
             self.settings.max_retry_s,
+            unanswered=unanswered,
+            event=event,
         )
         metrics.delivery(delivery.destination, "dead" if state == "DEAD" else "failed")
         level = logging.WARNING if state == "DEAD" else logging.INFO

@@ -9,12 +9,16 @@ its lease runs out. Once every delivery of a study is SENT, the study is DONE.
 SENT is written only after the destination's response, so a delivery is never repeated after an
 acknowledgement that was recorded; a crash between the response and the commit makes it go again
 (the destination then sees the same SOP Instance UID twice, which PACS treat as a re-send).
+
+``unanswered`` marks a delivery whose last attempt sent the data set and got no response: the
+destination may hold it. The dispatcher asks before sending it again (C-FIND) where it can, and
+records in the study's history what it did (``confirmed``, or an event with the next attempt).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
@@ -23,6 +27,10 @@ from node.db import Dispatch, Result, Study, StudyEvent, StudyState
 from node.repository import Clock, utcnow
 
 DUE_STATES = ("PENDING", "RETRY", "SENDING")
+Event = tuple[str, str]  # a study event for the history: (event, detail)
+CONFIRMED = "delivery confirmed"  # held by the destination (C-FIND) after a lost response
+SENT_AGAIN = "sent again"  # sent again after a lost response, without that confirmation
+AFTER_UNANSWERED = (CONFIRMED, SENT_AGAIN)
 
 
 def retry_delay(attempts: int, first_s: float, max_s: float) -> timedelta:
@@ -39,6 +47,8 @@ class Delivery:
     sop_instance_uid: str
     attempts: int
     study_id: int
+    kind: str = "sr"  # the result's kind: "sr" or "sc"
+    unanswered: bool = False
 
 
 class Outbox:
@@ -73,11 +83,39 @@ class Outbox:
                         result.sop_instance_uid,
                         dispatch.attempts,
                         result.study_id,
+                        result.kind,
+                        dispatch.unanswered,
                     )
                 )
             return taken
 
-    def sent(self, delivery: Delivery, status: int) -> None:
+    def sent(self, delivery: Delivery, status: int, event: Event | None = None) -> None:
+        """The destination acknowledged the object (``status``: success or a warning)."""
+        self._sent(delivery, status, attempted=True, event=event)
+
+    def confirmed(self, delivery: Delivery, event: Event) -> None:
+        """The destination holds the object already (it said so to a C-FIND): SENT without
+        another attempt."""
+        self._sent(delivery, None, attempted=False, event=event)
+
+    def release(self, delivery: Delivery) -> None:
+        """Hand a taken delivery back, due now and without counting an attempt (its association
+        ended before it was sent)."""
+        now = self.clock()
+        with Session(self.engine) as session, session.begin():
+            session.execute(
+                update(Dispatch)
+                .where(Dispatch.id == delivery.id, Dispatch.state == "SENDING")
+                .values(
+                    state="RETRY" if delivery.attempts else "PENDING",
+                    next_attempt_at=now,
+                    updated_at=now,
+                )
+            )
+
+    def _sent(
+        self, delivery: Delivery, status: int | None, *, attempted: bool, event: Event | None
+    ) -> None:
         now = self.clock()
         with Session(self.engine) as session, session.begin():
             session.execute(
@@ -87,10 +125,13 @@ class Outbox:
                     state="SENT",
                     last_status=status,
                     last_error=None,
-                    attempts=Dispatch.attempts + 1,
+                    unanswered=False,
+                    attempts=Dispatch.attempts + (1 if attempted else 0),
                     updated_at=now,
                 )
             )
+            if event is not None:
+                session.add(_event(delivery, now, event))
             open_left = session.scalar(
                 select(func.count())
                 .select_from(Dispatch)
@@ -121,26 +162,32 @@ class Outbox:
         max_attempts: int,
         first_s: float,
         max_s: float,
+        *,
+        unanswered: bool | None = None,
+        event: Event | None = None,
     ) -> str:
-        """Record a failed attempt; returns the new state (RETRY or DEAD)."""
+        """Record a failed attempt; returns the new state (RETRY or DEAD). ``unanswered``: True
+        when the attempt sent the data set and got no response, False when a response came,
+        None when nothing was sent (the flag stays as it was)."""
         now = self.clock()
         attempts = delivery.attempts + 1
         state = "DEAD" if attempts >= max_attempts else "RETRY"
+        values: dict[str, object] = {
+            "state": state,
+            "attempts": attempts,
+            "last_status": status,
+            "last_error": error[:500],
+            "next_attempt_at": None
+            if state == "DEAD"
+            else now + retry_delay(attempts, first_s, max_s),
+            "updated_at": now,
+        }
+        if unanswered is not None:
+            values["unanswered"] = unanswered
         with Session(self.engine) as session, session.begin():
-            session.execute(
-                update(Dispatch)
-                .where(Dispatch.id == delivery.id)
-                .values(
-                    state=state,
-                    attempts=attempts,
-                    last_status=status,
-                    last_error=error[:500],
-                    next_attempt_at=None
-                    if state == "DEAD"
-                    else now + retry_delay(attempts, first_s, max_s),
-                    updated_at=now,
-                )
-            )
+            session.execute(update(Dispatch).where(Dispatch.id == delivery.id).values(**values))
+            if event is not None:
+                session.add(_event(delivery, now, event))
             if state == "DEAD":
                 session.add(
                     StudyEvent(
@@ -162,3 +209,7 @@ class Outbox:
                 .values(state="PENDING", attempts=0, next_attempt_at=now, updated_at=now)
             )
             return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _event(delivery: Delivery, now: datetime, event: Event) -> StudyEvent:
+    return StudyEvent(study_id=delivery.study_id, at=now, event=event[0], detail=event[1][:1000])

@@ -10,7 +10,8 @@ C-STORE statuses (also in docs/ingest.md):
         could not be made durable (nothing kept in any case)
 0xA900  the data set's SOPClassUID / SOPInstanceUID differ from the C-STORE request
 0xC000  the data set cannot be parsed
-0xC001  a required identifier (Study, Series or SOP Instance UID) is missing or not a UID
+0xC001  a required identifier (Study, Series or SOP Instance UID in the data set, or the
+        request's Affected SOP Class or Instance UID: node/scp_requests.py) is missing or not a UID
 ======  ============================================================================
 
 The handler parses the header only (``stop_before_pixels``): no pixel decoding, no inference.
@@ -28,7 +29,6 @@ from __future__ import annotations
 import io
 import ipaddress
 import logging
-import re
 import socket
 import socketserver
 import ssl
@@ -66,6 +66,7 @@ from node.errors import (
 )
 from node.profiles import Role, StorageProfile
 from node.repository import IngestOutcome, InstanceRecord, Repository
+from node.scp_requests import check_requests, is_uid, request_problem
 from node.storage import FileStore
 from node.tls import server_context
 
@@ -77,7 +78,6 @@ MISMATCH = 0xA900
 CANNOT_PARSE = 0xC000
 BAD_IDENTIFIER = 0xC001
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 DEFLATED_HEADER_BYTES = 16 * 1024 * 1024
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _ANATOMIC_REGION_SEQUENCE = 0x00082218
@@ -100,10 +100,6 @@ class Header:
     series_description: str | None
     study_description: str | None
     anatomic_region: str | None = None  # AnatomicRegionSequence's first code, "SCT:14975008"
-
-
-def is_uid(value: str | None) -> bool:
-    return bool(value) and len(value or "") <= 64 and bool(_UID.match(value or ""))
 
 
 def read_header(path: Path) -> Header:
@@ -342,6 +338,9 @@ class StoreHandler:
         return _status(code, reason)
 
     def _store(self, event: evt.Event, calling: str) -> str | None:
+        problem = request_problem(event)  # Affected SOP Class / Instance UID missing or invalid
+        if problem is not None:
+            raise (DatasetMismatch if problem.mismatch else InvalidIdentifier)(problem.comment)
         request = cast(C_STORE, event.request)
         sop_class = str(request.AffectedSOPClassUID)
         sop_instance = str(request.AffectedSOPInstanceUID)
@@ -506,6 +505,7 @@ class _BoundedSocket(AssociationSocket):
 class _BoundedRequestHandler(RequestHandler):
     def _create_association(self) -> Association:
         assoc = super()._create_association()
+        check_requests(assoc)
         socket_ = assoc.dul.socket
         if socket_ is not None:
             socket_.__class__ = _BoundedSocket

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, case, func, select
 from sqlalchemy.orm import Session
 
 from node.db import Dispatch, IngestRejection, Instance, Result, Study, StudyEvent, StudyState
+from node.outbox import AFTER_UNANSWERED
 from node.profiles import Role
 from node.scheduler import short_uid
 
@@ -117,6 +118,13 @@ def collect_status(
             .order_by(IngestRejection.at.desc())
             .limit(limit)
         ).all()
+        after_unanswered = session.execute(
+            select(StudyEvent, Study.study_instance_uid)
+            .join(Study, Study.id == StudyEvent.study_id)
+            .where(StudyEvent.event.in_(AFTER_UNANSWERED), StudyEvent.at >= since)
+            .order_by(StudyEvent.at.desc(), StudyEvent.id.desc())
+            .limit(limit)
+        ).all()
         dead = session.execute(
             select(Dispatch, Result.kind, Study.study_instance_uid)
             .join(Result, Result.id == Dispatch.result_id)
@@ -139,6 +147,10 @@ def collect_status(
                     "since": _iso(d.updated_at),
                 }
                 for d, kind, uid in dead
+            ],
+            "after_unanswered": [
+                {"at": _iso(e.at), "study": short_uid(uid), "event": e.event, "detail": e.detail}
+                for e, uid in after_unanswered
             ],
             "studies_by_state": counts,
             "instances": {"stored": int(stored), "ignored": int(ignored)},
@@ -294,6 +306,17 @@ def status_view(report: dict[str, Any], database: str) -> Group:
                 ],
             )
         )
+    if report["after_unanswered"]:
+        parts.append(Text("After a C-STORE without response (last 24 h):", style="bold"))
+        parts.append(
+            _table(
+                ["AT (UTC)", "STUDY", "EVENT", "DETAIL"],
+                [
+                    [_clock(e["at"]), e["study"], e["event"], e["detail"] or ""]
+                    for e in report["after_unanswered"]
+                ],
+            )
+        )
     rejected = report["rejected_last_24h"]
     parts += [Text(""), Text(f"Refused C-STOREs in the last 24 h: {rejected['count']}")]
     if rejected["recent"]:
@@ -382,6 +405,7 @@ def study_history(engine: Engine, uid_or_prefix: str) -> dict[str, Any] | None:
                     "attempts": d.attempts,
                     "last_status": None if d.last_status is None else f"0x{d.last_status:04X}",
                     "last_error": d.last_error,
+                    "unanswered": d.unanswered,
                     "updated_at": _iso(d.updated_at),
                 }
                 for d, kind in deliveries

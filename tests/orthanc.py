@@ -78,6 +78,13 @@ class Orthanc:
         ) as response:
             return json.loads(response.read())
 
+    def delete(self, path: str) -> None:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}", method="DELETE"
+        )
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
     def instances(self) -> list[dict[str, Any]]:
         return [self.get(f"/instances/{i}/simplified-tags") for i in self.get("/instances")]
 

@@ -377,24 +377,24 @@ CASES = [
         0xA900,
         "SOPClassUID in the data set differs",
     ),
-    refused(
+    refused(  # the request is checked first (node/scp_requests.py)
         "request-instance-path-like",
         lambda: of(radiograph(), sop_instance="../../../../tmp/mura-hostile"),
-        0xA900,
-        "SOPInstanceUID in the data set differs",
+        0xC001,
+        "Affected SOP Instance UID in the request is not a valid UID",
     ),
     # invalid and path-like UIDs
     refused(
         "sop-instance-etc-passwd",
         lambda: with_uid("SOPInstanceUID", "../../etc/passwd"),
         0xC001,
-        "sop_instance_uid is missing or not a valid UID",
+        "Affected SOP Instance UID in the request is not a valid UID",
     ),
     refused(
         "sop-instance-dots-slashes",
         lambda: with_uid("SOPInstanceUID", "1.2.3/../../x"),
         0xC001,
-        "sop_instance_uid is missing or not a valid UID",
+        "Affected SOP Instance UID in the request is not a valid UID",
     ),
     refused(
         "study-uid-path-like",
@@ -546,12 +546,16 @@ CASES = [
         lambda: with_values(NumberOfFrames=b"abc"),
         "NumberOfFrames is not an integer",
     ),
-    # A C-STORE request without an AffectedSOPInstanceUID: pynetdicom's reactor thread dies on
-    # the command (AttributeError in C_STORE_RQ.decode_msg) and drops the association without a
-    # response; the node serves the next peer. The thread dies just after pynetdicom created its
-    # temporary file, which stays, empty, in <data_dir>/tmp (no association event fires that
-    # could remove it) until the node restarts: see test_hostile_input for what is checked.
-    Case("request-without-sop-instance-uid", lambda: of(radiograph(), sop_instance=""), NO_STATUS),
+    # A C-STORE request without an AffectedSOPInstanceUID. pynetdicom alone: the reactor thread
+    # dies on the command (AttributeError in C_STORE_RQ.decode_msg) and drops the association
+    # without a response, leaving its temporary file. node/scp_requests.py checks the command
+    # set first (more cases: tests/test_scp_requests.py).
+    refused(
+        "request-without-sop-instance-uid",
+        lambda: of(radiograph(), sop_instance=""),
+        0xC001,
+        "C-STORE request without Affected SOP Instance UID",
+    ),
 ]
 
 

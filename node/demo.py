@@ -182,29 +182,22 @@ def _send(datasets: list[Dataset], port: int, ae_title: str) -> None:
 
 
 def _summarise(received: list[Path], root: Path, untrained: bool) -> None:
-    import highdicom as hd
     from PIL import Image
 
+    from node.results.sr import read_summary
+
     sr_path = next(p for p in received if p.name.startswith("sr"))
-    report = hd.sr.ComprehensiveSR.from_dataset(dcmread(sr_path))
-    groups = list(report.content.get_image_measurement_groups())  # type: ignore[attr-defined]
-    study_group, image_groups = groups[0], groups[1:]
-    probability = study_group.get_measurements()[0].value
-    site = study_group.finding_sites[0].value.meaning if study_group.finding_sites else "unknown"
+    summary = read_summary(dcmread(sr_path))
     print()
     if untrained:
         print(
             "  !! The model is UNTRAINED (no model card configured): these numbers come from random"
         )
         print("  !! weights and mean nothing. See models/README.md to install trained weights.")
-    print(f"  study type      : {site}")
-    print(
-        f"  finding         : {study_group.finding_type.meaning} (study probability {float(probability):.3f})"
-    )
-    for index, group in enumerate(image_groups, start=1):
-        print(
-            f"  image {index} ({VIEWS[index - 1].lower():<8}): probability {float(group.get_measurements()[0].value):.3f}"
-        )
+    print(f"  study type      : {summary.finding_site or 'unknown'}")
+    print(f"  finding         : {summary.finding} (study probability {summary.probability:.3f})")
+    for index, probability in enumerate(summary.image_probabilities, start=1):
+        print(f"  image {index} ({VIEWS[index - 1].lower():<8}): probability {probability:.3f}")
     previews = root / "previews"
     previews.mkdir(exist_ok=True)
     for path in sorted(p for p in received if p.name.startswith("heatmap")):

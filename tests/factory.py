@@ -198,3 +198,33 @@ def start_serve(config: Path) -> subprocess.Popen[str]:
         text=True,
         start_new_session=True,
     )
+
+
+PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")  # Debian's libpixelmed-java (pixelmed-apps)
+
+
+def sr_validator_findings(path: Path) -> list[str]:
+    """The Warning and Error lines of pixelmed's DicomSRValidator (IOD, template and value set
+    checks) for an SR file. Raises AssertionError with its output when it did not run to the end."""
+    limits = ("xpathExprOpLimit", "xpathExprGrpLimit", "xpathTotalOpLimit")  # JDK 17 needs them off
+    result = subprocess.run(
+        [
+            "java",
+            *(f"-Djdk.xml.{limit}=0" for limit in limits),
+            "-cp",
+            str(PIXELMED_JAR),
+            "com.pixelmed.validate.DicomSRValidator",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert "Root Template Validation Complete" in output, output
+    assert "IOD validation complete" in output, output
+    return [
+        line
+        for line in output.splitlines()
+        if line.startswith(("Warning", "Error", "Internal Error"))
+    ]

@@ -157,16 +157,23 @@ def test_study_to_sr_and_heatmaps_in_orthanc(
     (tmp_path / "sr.dcm").write_bytes(orthanc.file(sr_id))
     import highdicom as hd
 
-    report = hd.sr.ComprehensiveSR.from_dataset(dcmread(tmp_path / "sr.dcm"))
+    sr = dcmread(tmp_path / "sr.dcm")
+    report = hd.sr.ComprehensiveSR.from_dataset(sr)
     groups = list(report.content.get_image_measurement_groups())
+    regions = report.content.get_planar_roi_measurement_groups()
     tensors = [dicom_file_to_tensor(path) for path in files]
     expected = engine.predict_studies([("wrist", tensors)])[0]
     values = [g.get_measurements()[0].value for g in groups]
-    np.testing.assert_allclose(
-        values, [expected.probability, *[i.probability for i in expected.images]], atol=1e-5
-    )
-    assert groups[0].finding_type.meaning == ("Abnormal" if expected.abnormal else "Normal")
-    assert {g.source_images[0].referenced_sop_instance_uid for g in groups[1:]} == {
+    np.testing.assert_allclose(values, [i.probability for i in expected.images], atol=1e-5)
+    (evaluations,) = [
+        i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"
+    ]
+    study_probability = next(i for i in evaluations.ContentSequence if i.ValueType == "TEXT")
+    assert float(study_probability.TextValue) == pytest.approx(expected.probability, abs=1e-5)
+    finding = "Abnormal" if expected.abnormal else "Normal"
+    assert {r.finding_type.meaning for r in regions} == {finding}
+    assert [r.tracking_uid for r in regions] == [g.tracking_uid for g in groups]
+    assert {g.source_images[0].referenced_sop_instance_uid for g in groups} == {
         str(dcmread(f).SOPInstanceUID) for f in files
     }
 

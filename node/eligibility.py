@@ -146,7 +146,20 @@ def decide_eligibility(
                 False, None, f"not an upper-extremity study ({others[0].evidence})"
             ), verdicts
         fields = ", ".join(vocabulary.fields)
-        return Eligibility(False, None, f"study type not recognised from {fields}"), verdicts
+        reason = f"study type not recognised from {fields}"
+        unknown = next(
+            (
+                coded
+                for facts in images
+                if (coded := facts.get(CODED_FIELD))
+                and vocabulary.anatomy.region(*coded.split(":", 1)) is None
+            ),
+            None,
+        )
+        if unknown is not None:
+            scheme, code = unknown.split(":", 1)
+            reason += f" ({CODED_FIELD} {scheme} {code} is not in dicom_profiles/anatomy.toml)"
+        return Eligibility(False, None, reason), verdicts
     ranked = counts.most_common()
     if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
         tied = ", ".join(f"{t} ({n})" for t, n in ranked if n == ranked[0][1])

@@ -76,7 +76,9 @@ class AnatomyCodes:
     def region(self, designator: str, code: str) -> AnatomicRegion | None:
         """The region a code names, or None for a code or a scheme the table does not list."""
         scheme = self.schemes.get(designator.upper())
-        return None if scheme is None else self.regions.get((scheme, code))
+        if scheme is None:
+            return None
+        return self.regions.get((scheme, code.upper() if scheme == "SRT" else code))
 
 
 @dataclass(frozen=True)

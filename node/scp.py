@@ -356,6 +356,9 @@ class StoreHandler:
         durable = None if relative is None else self.pool.submit(self.store.adopt, source, relative)
         try:
             header = header_of(source, sop_class, sop_instance)
+            if role is Role.ANALYSE and header.series_instance_uid is None:
+                # Type 1 in every image IOD; the results must name the image's series.
+                raise InvalidIdentifier("series_instance_uid is missing")
             self.transfers.storing(event.assoc, header.study_instance_uid)
             record = _record(header, role, str(event.context.transfer_syntax), source, calling)
             same: Callable[[str | None], bool] = (

@@ -193,6 +193,15 @@ class Worker:
     ) -> None:
         cleaned = [clean_source(dcmread(path, stop_before_pixels=True)) for path in paths]
         sources = [source for source, _changes in cleaned]
+        patients = {str(source.PatientID) for source in sources} - {""}
+        if len(patients) > 1:
+            reason = (
+                f"{INPUT_FAULT}: the study's images name {len(patients)} different patients "
+                "(PatientID); no result is written for a study that mixes patients"
+            )
+            self.processing.fail(claimed, self.worker_id, reason)
+            log.warning("study %s FAILED: %s", short_uid(claimed.study_instance_uid), reason)
+            return
         header_changes = summarise(changes for _source, changes in cleaned)
         written: list[ResultFile] = []
         try:

@@ -229,6 +229,24 @@ def test_unrecognised_names_every_field(vocabulary: Vocabulary) -> None:
     )
 
 
+def test_an_unknown_code_is_named_in_the_reason(vocabulary: Vocabulary) -> None:
+    # SCT 85151006 "Structure of left hand": a lateralised concept outside CID 4031.
+    result, _ = decide_eligibility([facts("SCT:85151006")], vocabulary)
+    assert result.reason.endswith(
+        "(AnatomicRegionSequence SCT 85151006 is not in dicom_profiles/anatomy.toml)"
+    )
+
+
+@pytest.mark.parametrize(
+    "coded", ["SNOMED-CT:85562004", "snomedct:85562004", "SRT:t-d8700", "99SDM:t-d8700"]
+)
+def test_common_variants_of_schemes_and_srt_codes_are_read(
+    vocabulary: Vocabulary, coded: str
+) -> None:
+    result, _ = decide_eligibility([facts(coded)], vocabulary)
+    assert (result.eligible, result.study_type) == (True, "hand")
+
+
 def _all_terms(vocabulary: Vocabulary) -> list[str]:
     terms = [t for ts in vocabulary.study_types.values() for t in ts]
     return terms + list(vocabulary.not_upper_extremity)

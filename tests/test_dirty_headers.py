@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from node.config import Destination, ModelConfig
-from node.db import StudyEvent
+from node.db import IngestRejection, Study, StudyEvent
 from node.dispatch import Dispatcher
 from node.engine import InferenceEngine
 from node.service import Node
@@ -201,3 +201,45 @@ def test_clean_headers_leave_no_history_of_changes(
         line.startswith("headers cleaned")
         for line in history(pipeline, str(source.StudyInstanceUID))
     )
+
+
+def test_long_latin_1_name_is_kept_whole_in_its_character_set(
+    pipeline: Pipeline, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    name = "Müller-Lüdenscheidt-Größenwahn-Schönefeld^Hans-Jürgen Björn"  # 66 bytes in UTF-8
+    source = make_radiograph(body_part="WRIST")
+    raw(source, "SpecificCharacterSet", b"ISO_IR 100")
+    raw(source, "PatientName", name.encode("latin-1"))
+    for copy in deliver(pipeline, orthanc, source, tmp_path):
+        result = dcmread(copy)
+        assert (str(result.PatientName), result.SpecificCharacterSet) == (name, "ISO_IR 100")
+
+
+def test_a_study_mixing_patients_fails_as_an_input_fault(
+    pipeline: Pipeline, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    first = make_radiograph(body_part="WRIST")
+    second = make_radiograph(body_part="WRIST", study_uid=str(first.StudyInstanceUID), seed=1)
+    second.PatientID, second.PatientName = "PID-OTHER", "Other^Patient"
+    paths = [write(first, tmp_path / "a.dcm"), write(second, tmp_path / "b.dcm")]
+    assert storescu(pipeline.node.scp.port, paths).returncode == 0
+    pipeline.complete()
+    assert pipeline.process()
+    study = pipeline.study(str(first.StudyInstanceUID))
+    assert study.state == "FAILED"
+    assert study.reason.startswith("input fault: the study's images name 2 different patients")
+    assert "PID-OTHER" not in study.reason and pipeline.results(str(first.StudyInstanceUID)) == []
+
+
+def test_an_image_without_series_instance_uid_is_refused_at_ingest(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    source = make_radiograph(body_part="WRIST")
+    del source.SeriesInstanceUID
+    sent = storescu(pipeline.node.scp.port, [write(source, tmp_path / "no-series.dcm")])
+    assert sent.returncode != 0  # storescu saw a failure status
+    with Session(pipeline.node.engine) as session:
+        refused = session.scalars(select(IngestRejection)).all()
+        studies = session.scalars(select(Study)).all()
+    assert [(r.status, r.reason) for r in refused] == [(0xC001, "series_instance_uid is missing")]
+    assert studies == []

@@ -32,6 +32,7 @@ from node.results.sanitise import (
     patient_orientation,
     summarise,
     time,
+    uid,
 )
 from node.results.sc import build_sc
 from node.results.sr import build_sr
@@ -50,6 +51,8 @@ VR_OF = {
     "AcquisitionDate": "DA",
     "StudyTime": "TM",
     "AcquisitionTime": "TM",
+    "FrameOfReferenceUID": "UI",
+    "PatientOrientation": "CS2",
 }
 
 
@@ -83,7 +86,9 @@ def test_times_are_copied_or_normalised(given: str, expected: str) -> None:
     assert time(given) == expected
 
 
-@pytest.mark.parametrize("given", ["25:00:00", "9:15", "noon", "12:60"])
+@pytest.mark.parametrize(
+    "given", ["25:00:00", "9:15", "noon", "12:60", "0900-1000", "-0900", "0900-", "235960"]
+)
 def test_invalid_times_are_refused(given: str) -> None:
     with pytest.raises(ValueError):
         time(given)
@@ -94,6 +99,61 @@ def test_orientation_accepts_compound_letters_and_refuses_contradictions() -> No
     for bad in (["A"], ["AP", "F"], ["X", "F"], ["", "F"], ["A", "F", "L"]):
         with pytest.raises(ValueError):
             patient_orientation(bad)
+
+
+def test_orientation_along_one_axis_twice_is_refused() -> None:
+    for bad in (["A", "A"], ["A", "P"], ["LF", "R"]):
+        with pytest.raises(ValueError):
+            patient_orientation(bad)
+
+
+@pytest.mark.parametrize("given", ["0", "0.0", "1", "1..2", "01.2"])
+def test_unusable_uids_are_refused(given: str) -> None:
+    with pytest.raises(ValueError):
+        uid(given)
+
+
+def test_windows_1252_declared_as_latin_1_is_restored() -> None:
+    source = make_radiograph()
+    source.SpecificCharacterSet = "ISO_IR 100"
+    raw(source, "PatientName", b"Lef\x8cvre^Fran\xe7ois")  # 0x8C: OE ligature in Windows-1252
+    raw(source, "InstitutionName", b"Clinique \x93Saint\x94 \x81")  # 0x81: undefined
+    clean, changes = clean_source(source)
+    assert str(clean.PatientName) == "LefŒvre^François"
+    assert "InstitutionName" not in clean  # an undefined byte stays a control character
+    assert clean.SpecificCharacterSet == RESULT_CHARACTER_SET  # Œ is not in ISO 8859-1
+    assert {c.keyword for c in changes} == {"PatientName", "InstitutionName"}
+
+
+def test_text_the_declared_character_set_cannot_decode_is_not_copied() -> None:
+    source = make_radiograph()
+    raw(source, "SpecificCharacterSet", b"ISO_IR 192")
+    raw(source, "PatientName", b"Doe^J\xffrg")  # not UTF-8
+    clean, changes = clean_source(source)
+    assert clean.PatientName == ""
+    assert [str(c) for c in changes] == [
+        "PatientName left empty (not decodable in the declared character set)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("term", "codec", "name"),
+    [
+        ("ISO_IR 100", "latin-1", "Müller-Lüdenscheidt-Größenwahn-Schönefeld^Hans-Jürgen Björn"),
+        ("ISO_IR 144", "iso8859-5", "Константинопольский^Александр^Владимирович"),
+        ("ISO_IR 126", "iso8859-7", "Παπαδημητρακόπουλος-Χατζηγεωργίου^Αλέξανδρος"),
+    ],
+)
+def test_names_stay_in_the_source_character_set_when_it_holds_them(
+    term: str, codec: str, name: str
+) -> None:
+    """Over 64 bytes in UTF-8 but not in their own single-byte character set: kept whole."""
+    assert len(name.encode("utf-8")) > 64 >= len(name.encode(codec))
+    source = make_radiograph()
+    raw(source, "SpecificCharacterSet", term.encode())
+    raw(source, "PatientName", name.encode(codec))
+    clean, changes = clean_source(source)
+    assert (str(clean.PatientName), clean.SpecificCharacterSet, changes) == (name, term, [])
 
 
 def test_summary_counts_images_and_never_names_values() -> None:
@@ -135,7 +195,11 @@ _VALID = {
 }
 _SLOPPY = {
     "DA": st.sampled_from([b"00/00/0000", b"1970-01-01", b"1970.01.01", b"01/02/1970", b"1970"]),
-    "TM": st.sampled_from([b"09:15:00", b"09:15", b"24:00:00", b"9.15", b"091500.1234567"]),
+    "TM": st.sampled_from(
+        [b"09:15:00", b"09:15", b"24:00:00", b"9.15", b"091500.1234567", b"0900-1000", b"235960"]
+    ),
+    "UI": st.sampled_from([b"0", b"0.0", b"1.2.3", b"1.02.3", b"1.2.840.10008.1.2"]),
+    "CS2": st.sampled_from([b"A\\A", b"A\\P", b"AL\\F", b"L\\F", b"F\\F"]),
 }
 
 
@@ -146,6 +210,7 @@ def value_for(draw: st.DrawFn, keyword: str) -> bytes:
         st.binary(max_size=40),
         _TEXT.map(lambda t: t.encode("utf-8")),
         _TEXT.map(lambda t: t.encode("latin-1", "replace")),
+        _TEXT.map(lambda t: t.encode("iso8859-5", "replace")),
         _ISO2022,
         st.sampled_from([b"", b" ", b"U", b"0,143\\0,143", b"L", b"A\\F", b"AL\\HP", b"1.5"]),
     ]
@@ -212,7 +277,12 @@ def test_any_copied_value_gives_valid_results(
     sr.save_as(tmp_path / "sr.dcm")
     sc.save_as(tmp_path / "sc.dcm")
     checks = [
-        subprocess.Popen(["dciodvfy", str(tmp_path / name)], stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            ["dciodvfy", str(tmp_path / name)],
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="backslashreplace",  # it prints values in the file's own character set
+        )
         for name in ("sr.dcm", "sc.dcm")
     ]
     for check, name in zip(checks, ("SR", "SC"), strict=True):

@@ -84,43 +84,72 @@ def _single(value: Any) -> Any:
     return value
 
 
-def _text(vr: str) -> Callable[[Any], str]:
-    """SH, LO, ST, LT: one value, no control characters, no more characters than the VR allows."""
+def _text(vr: str) -> Callable[[Any, str], str]:
+    """SH, LO, ST, LT: one value, no control characters, no more bytes than the VR allows."""
     control = _TEXT_CONTROL if vr in ("ST", "LT") else _CONTROL
 
-    def check(value: Any) -> str:
-        text = str(_single(value)).strip(" \x00")
+    def check(value: Any, codec: str) -> str:
+        text = _decoded(_windows_1252(str(_single(value)).strip(" \x00")))
         if control.search(text):
             raise Invalid("control characters")
         if vr in ("SH", "LO") and "\\" in text:
             raise Invalid("a backslash in a single value")
-        if _length(text) > _MAX_CHARACTERS[vr]:
+        if _length(text, codec) > _MAX_CHARACTERS[vr]:
             raise Invalid(f"longer than {vr} allows")
         return text
 
     return check
 
 
-def _texts(vr: str) -> Callable[[Any], list[str]]:
+def _texts(vr: str) -> Callable[[Any, str], list[str]]:
     """Multi-valued SH/LO (e.g. SoftwareVersions): every value must pass."""
     one = _text(vr)
 
-    def check(value: Any) -> list[str]:
+    def check(value: Any, codec: str) -> list[str]:
         values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
-        return [one(v) for v in values]
+        return [one(v, codec) for v in values]
 
     return check
 
 
-def _length(text: str) -> int:
-    """The length the VR limits apply to, as dciodvfy counts it: bytes of the encoding written
-    (UTF-8 when the text is not ASCII), which is never less than the number of characters."""
-    return len(text.encode("utf-8"))
+def _length(text: str, codec: str) -> int:
+    """The length the VR limits apply to, as dciodvfy counts it: bytes in the character set the
+    results are written in (never less than the number of characters)."""
+    try:
+        return len(text.encode(codec))
+    except UnicodeEncodeError:
+        return len(text.encode("utf-8"))  # the copy is then written in UTF-8 (clean_source)
 
 
-def _person_name(value: Any) -> str:
-    """PN: at most three component groups of at most five components, 64 characters each."""
-    text = str(_single(value)).strip(" \x00")
+_C1 = re.compile(r"[\x80-\x9f]")
+_CP1252 = {
+    chr(byte): bytes([byte]).decode("cp1252")
+    for byte in range(0x80, 0xA0)
+    if byte not in (0x81, 0x8D, 0x8F, 0x90, 0x9D)  # undefined in Windows-1252
+}
+
+
+def _windows_1252(text: str) -> str:
+    """Text whose bytes were Windows-1252 but declared ISO 8859-1 (common in the field) decodes
+    with C1 control characters where Windows-1252 has printable ones (e.g. the euro sign, OE
+    ligature, curly quotes): those are restored; C1 bytes Windows-1252 does not define stay (and
+    are refused as control characters)."""
+    if not _C1.search(text):
+        return text
+    return "".join(_CP1252.get(char, char) for char in text)
+
+
+def _decoded(text: str) -> str:
+    """Text pydicom could not decode in the declared character set has replacement characters
+    (U+FFFD) where the source had bytes: it is not the source's value, so it is not copied."""
+    if "\ufffd" in text:
+        raise Invalid("not decodable in the declared character set")
+    return text
+
+
+def _person_name(value: Any, codec: str) -> str:
+    """PN: at most three component groups of at most five components, 64 bytes each."""
+    text = _decoded(_windows_1252(str(_single(value)).strip(" \x00")))
     if _CONTROL.search(text):
         raise Invalid("control characters")
     if "\\" in text:
@@ -129,18 +158,18 @@ def _person_name(value: Any) -> str:
     if len(groups) > 3:
         raise Invalid("more than three component groups")
     for group in groups:
-        if _length(group) > 64:
-            raise Invalid("a component group longer than 64 characters")
+        if _length(group, codec) > 64:
+            raise Invalid("a component group longer than 64 bytes")
         if group.count("^") > 4:
             raise Invalid("more than five components")
     return text
 
 
-def _regex_vr(vr: str, *, allowed: Iterable[str] = ()) -> Callable[[Any], str]:
-    """A VR pydicom checks with its PS3.5 pattern (CS, AS, DS, UI, DT), optionally defined terms."""
+def _regex_vr(vr: str, *, allowed: Iterable[str] = ()) -> Callable[[Any, str], str]:
+    """A VR pydicom checks with its PS3.5 pattern (CS, AS, DS, UI), optionally defined terms."""
     terms = frozenset(allowed)
 
-    def check(value: Any) -> str:
+    def check(value: Any, _codec: str) -> str:
         text = str(_single(value)).strip(" \x00")
         _pydicom_check(vr, text)
         if terms and text not in terms:
@@ -148,6 +177,16 @@ def _regex_vr(vr: str, *, allowed: Iterable[str] = ()) -> Callable[[Any], str]:
         return text
 
     return check
+
+
+def uid(value: Any, _codec: str = "ascii") -> str:
+    """UI (PS3.5 9.1): digits and dots, at most 64, at least two components, not all zero."""
+    text = str(_single(value)).strip(" \x00")
+    _pydicom_check("UI", text)
+    components = text.split(".")
+    if len(components) < 2 or all(c == "0" for c in components):
+        raise Invalid("not a usable UID")
+    return text
 
 
 def _pydicom_check(vr: str, text: str) -> None:
@@ -161,7 +200,7 @@ _DATE_FORMS = re.compile(r"^(\d{4})[-/.](\d{2})[-/.](\d{2})$")
 _TIME_FORMS = re.compile(r"^(\d{2}):(\d{2})(?::(\d{2})(\.\d{1,6})?)?$")
 
 
-def date(value: Any) -> str:
+def date(value: Any, _codec: str = "ascii") -> str:
     """DA ``YYYYMMDD`` of a real calendar date in the years 1000 to 2999; year-first forms with
     separators are normalised. Day-first and month-first forms (``01/02/2020``) are ambiguous and
     refused."""
@@ -180,19 +219,23 @@ def date(value: Any) -> str:
     return text
 
 
-def time(value: Any) -> str:
-    """TM ``HHMMSS.FFFFFF`` (PS3.5); ACR-NEMA ``HH:MM:SS`` is normalised."""
+_TIME = re.compile(r"^([01]\d|2[0-3])([0-5]\d([0-5]\d(\.\d{1,6})?)?)?$")
+
+
+def time(value: Any, _codec: str = "ascii") -> str:
+    """TM ``HH[MM[SS[.F]]]`` (PS3.5 6.2), one time: ranges (``0900-1000``, a query form) and
+    leap seconds (``60``, refused by dciodvfy) are not copied; ACR-NEMA ``HH:MM:SS`` is
+    normalised."""
     text = str(_single(value)).strip(" \x00")
     match = _TIME_FORMS.match(text)
     if match:
         text = "".join(part or "" for part in match.groups())
-    _pydicom_check("TM", text)
-    if not text:
+    if not _TIME.match(text):
         raise Invalid("not a time")
     return text
 
 
-def patient_sex(value: Any) -> str:
+def patient_sex(value: Any, _codec: str = "ascii") -> str:
     """PatientSex: M, F or O (PS3.3 C.7.1.1); case is normalised, other values are unknown."""
     text = str(_single(value)).strip(" \x00").upper()
     if text not in ("M", "F", "O"):
@@ -203,8 +246,9 @@ def patient_sex(value: Any) -> str:
 _AXES = ("AP", "RL", "HF")
 
 
-def patient_orientation(value: Any) -> list[str]:
-    """PatientOrientation: two values, each one to three of A P R L H F, one per axis (C.7.6.1.1.1)."""
+def patient_orientation(value: Any, _codec: str = "ascii") -> list[str]:
+    """PatientOrientation: two values, each one to three of A P R L H F, one per axis, the row's
+    and the column's first letters on different axes (C.7.6.1.1.1)."""
     values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
     if len(values) != 2:
         raise Invalid("not two values")
@@ -216,10 +260,16 @@ def patient_orientation(value: Any) -> list[str]:
         ):
             raise Invalid("not a biped orientation")
         result.append(text)
+    if _axis(result[0][0]) == _axis(result[1][0]):
+        raise Invalid("row and column along the same axis")
     return result
 
 
-def pixel_spacing(value: Any) -> list[str]:
+def _axis(letter: str) -> str:
+    return next(axis for axis in _AXES if letter in axis)
+
+
+def pixel_spacing(value: Any, _codec: str = "ascii") -> list[str]:
     """ImagerPixelSpacing: two positive, finite DS values (mm); a decimal comma is not guessed at."""
     values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
     if len(values) != 2:
@@ -239,7 +289,7 @@ def pixel_spacing(value: Any) -> list[str]:
 class Copied:
     keyword: str
     type: str  # "2": left empty when invalid; "3": left out
-    check: Callable[[Any], Any]
+    check: Callable[[Any, str], Any]  # (value, Python codec of the results) -> value to write
 
 
 # What the results copy, with the Type the attribute has in the result IODs (PS3.3 C.7.1.1 Patient,
@@ -273,7 +323,7 @@ COPIED: tuple[Copied, ...] = (
     Copied("ImageLaterality", "3", _regex_vr("CS", allowed=("L", "R", "U", "B"))),
     Copied("PatientOrientation", "3", patient_orientation),
     Copied("ImagerPixelSpacing", "3", pixel_spacing),
-    Copied("FrameOfReferenceUID", "3", _regex_vr("UI")),
+    Copied("FrameOfReferenceUID", "3", uid),
 )
 COPIED_KEYWORDS = tuple(item.keyword for item in COPIED)
 # Identifiers the SCP validated at ingest, and the image geometry the decoder validated.
@@ -285,8 +335,57 @@ def clean_source(source: Dataset) -> tuple[Dataset, list[HeaderChange]]:
     """A header-only copy of ``source`` that highdicom accepts and dciodvfy passes.
 
     Returns the copy (identifiers, Modality, geometry and the `COPIED` attributes, each valid,
-    normalised, empty or absent) and the changes made. Raises ValueError only when an identifier or
-    the image geometry is missing, which the SCP and the decoder have already ruled out."""
+    normalised, empty or absent, in the source's own character set when that is a single
+    non-ISO-2022 one that holds every copied string, else in ISO_IR 192 when any is not ASCII)
+    and the changes made. Raises ValueError when an identifier or the image geometry is missing
+    (the SCP and the decoder rule that out for images they accept)."""
+    declared = _single_character_set(source)
+    if declared is not None:
+        clean, changes = _clean(source, python_encoding[declared])
+        if _encodes(clean, python_encoding[declared]):
+            if not _all_ascii(clean):
+                clean.SpecificCharacterSet = declared
+            return clean, changes
+    clean, changes = _clean(source, "utf-8")
+    if not _all_ascii(clean):
+        clean.SpecificCharacterSet = RESULT_CHARACTER_SET
+    return clean, changes
+
+
+# Single character sets the results can be written in as the source declared them (highdicom's
+# SpecificCharacterSetValues without code extensions); any other declaration gives ISO_IR 192.
+_KEPT_CHARACTER_SETS = frozenset(
+    {
+        "ISO_IR 100",
+        "ISO_IR 101",
+        "ISO_IR 109",
+        "ISO_IR 110",
+        "ISO_IR 144",
+        "ISO_IR 127",
+        "ISO_IR 126",
+        "ISO_IR 138",
+        "ISO_IR 148",
+        "ISO_IR 166",
+        "ISO_IR 192",
+        "GB18030",
+        "GBK",
+    }
+)
+
+
+def _single_character_set(source: Dataset) -> str | None:
+    try:
+        value = source.get("SpecificCharacterSet")
+    except Exception:
+        return None
+    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    if len(values) != 1 or not isinstance(values[0], str):
+        return None
+    term = values[0].strip()
+    return term if term in _KEPT_CHARACTER_SETS else None
+
+
+def _clean(source: Dataset, codec: str) -> tuple[Dataset, list[HeaderChange]]:
     clean = Dataset()
     for keyword in (*_TRUSTED, *_GEOMETRY):
         value = source.get(keyword)
@@ -296,9 +395,7 @@ def clean_source(source: Dataset) -> tuple[Dataset, list[HeaderChange]]:
     changes: list[HeaderChange] = []
     clean.Modality = _modality(source, changes)
     for item in COPIED:
-        _copy(source, clean, item, changes)
-    if any(_not_ascii(element.value) for element in clean):
-        clean.SpecificCharacterSet = RESULT_CHARACTER_SET
+        _copy(source, clean, item, changes, codec)
     if _unknown_character_set(source):
         changes.append(
             HeaderChange(
@@ -308,6 +405,27 @@ def clean_source(source: Dataset) -> tuple[Dataset, list[HeaderChange]]:
             )
         )
     return clean, changes
+
+
+def _strings(clean: Dataset) -> list[str]:
+    found: list[str] = []
+    for element in clean:
+        values = element.value if isinstance(element.value, MultiValue | list) else [element.value]
+        found.extend(str(v) for v in values if isinstance(v, str) or element.VR == "PN")
+    return found
+
+
+def _encodes(clean: Dataset, codec: str) -> bool:
+    try:
+        for text in _strings(clean):
+            text.encode(codec)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _all_ascii(clean: Dataset) -> bool:
+    return all(text.isascii() for text in _strings(clean))
 
 
 def _modality(source: Dataset, changes: list[HeaderChange]) -> str:
@@ -322,7 +440,9 @@ def _modality(source: Dataset, changes: list[HeaderChange]) -> str:
     return expected
 
 
-def _copy(source: Dataset, clean: Dataset, item: Copied, changes: list[HeaderChange]) -> None:
+def _copy(
+    source: Dataset, clean: Dataset, item: Copied, changes: list[HeaderChange], codec: str
+) -> None:
     try:
         if item.keyword not in source:
             if item.type == "2":
@@ -333,7 +453,7 @@ def _copy(source: Dataset, clean: Dataset, item: Copied, changes: list[HeaderCha
             if item.type == "2":
                 setattr(clean, item.keyword, "")
             return
-        written = item.check(value)
+        written = item.check(value, codec)
     except Exception as exc:  # Invalid, or a value pydicom cannot even convert: never fatal
         why = str(exc) if isinstance(exc, Invalid) else f"unreadable ({exc.__class__.__name__})"
         changes.append(
@@ -352,14 +472,6 @@ def _as_written(value: Any, *, multiple: bool) -> Any:
     values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
     stripped = [str(v).strip(" \x00") for v in values]
     return stripped if multiple or len(stripped) != 1 else stripped[0]
-
-
-def _not_ascii(value: Any) -> bool:
-    if isinstance(value, MultiValue | list | tuple):
-        return any(_not_ascii(v) for v in value)
-    return (isinstance(value, str) and not value.isascii()) or (
-        value.__class__.__name__ == "PersonName" and not str(value).isascii()
-    )
 
 
 def _unknown_character_set(source: Dataset) -> bool:

@@ -134,8 +134,8 @@ class MetricsConfig:
 
 
 # The kinds of result object a destination can receive: the study's SR, the heatmap SC of each
-# image, the study's summary image (an SC).
-RESULT_KINDS = ("sr", "sc", "summary")
+# image, the study's summary image (an SC), a presentation state of each image (GSPS).
+RESULT_KINDS = ("sr", "sc", "summary", "gsps")
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ class Destination:
     ae_title: str
     host: str
     port: int
-    # Which results it receives (RESULT_KINDS): the SR, the heatmap SCs, the summary image.
+    # Which results it receives (RESULT_KINDS); presentation states ("gsps") only when asked for.
     objects: tuple[str, ...] = ("sr", "sc", "summary")
     tls: bool = False
     tls_ca: str = ""

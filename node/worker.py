@@ -10,9 +10,10 @@ through the database. For each claimed study:
    arrival order;
 2. the engine gives the image and study probabilities and maps;
 3. the SR (naming the study's previous SR as predecessor, if any; "Image N" in the source's
-   order), one heatmap SC per image (InstanceNumber N) and the study's summary image are written
-   durably to ``results/``, all with the study-level attributes of
-   `node.results.identity.add_study_level` and one SeriesDate and SeriesTime;
+   order), one heatmap SC per image (InstanceNumber N), the study's summary image and, when a
+   destination takes "gsps", a presentation state per image are written durably to
+   ``results/``, all with the study-level attributes of `node.results.identity.add_study_level`
+   and one SeriesDate and SeriesTime;
 4. one transaction records the results, a delivery per destination and object, and the new state
    (DISPATCHING, or DONE without destinations), only if the claim is still ours.
 
@@ -33,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 from pydicom import dcmread
@@ -47,6 +48,7 @@ from node.engine import DicomPreprocessor, InferenceEngine, StudyResult
 from node.errors import UndecodableImage
 from node.processing import ProcessingRepository, ResultFile, StudyImage
 from node.repository import ClaimedStudy, Clock, Repository, utcnow
+from node.results.gsps import build_gsps, label
 from node.results.identity import AlgorithmInfo, NodeIdentity, add_study_level
 from node.results.order import SourcePosition, source_order
 from node.results.sanitise import clean_source, summarise
@@ -208,8 +210,9 @@ class Worker:
         displays: list[np.ndarray],
         result: StudyResult,
     ) -> None:
-        """Write the SR, a heatmap SC per image and the summary image; ``images``, ``headers``,
-        ``positions``, ``displays`` and ``result.images`` are in the source's order."""
+        """Write the SR, a heatmap SC per image, the summary image and the presentation states
+        (when asked for), then record them; ``images``, ``headers`` (as received), ``positions``,
+        ``displays`` and ``result.images`` are in the source's order."""
         cleaned = [clean_source(header) for header in headers]
         sources = [source for source, _changes in cleaned]
         header_changes = summarise(changes for _source, changes in cleaned)
@@ -267,6 +270,8 @@ class Worker:
                 created=created,
             )
             written.append(self._store("summary", summary_image))
+            if any("gsps" in d.objects for d in self.config.destinations):
+                self._presentation_states(headers, sources, result, created, written)
             finding = "abnormal" if result.abnormal else "normal"
             summary = (
                 f"{finding}: probability {result.probability:.3f} (threshold {result.threshold:g}), "
@@ -292,6 +297,37 @@ class Worker:
             )
             return
         log.info("study %s: %s", short_uid(claimed.study_instance_uid), summary)
+
+    def _presentation_states(
+        self,
+        headers: list[Dataset],
+        sources: list[Dataset],
+        result: StudyResult,
+        created: datetime,
+        written: list[ResultFile],
+    ) -> None:
+        """Write a GSPS per grayscale image (for destinations that take "gsps"), each added to
+        ``written`` as soon as it is on disk (so that a failure removes it with the rest)."""
+        series = generate_uid()
+        for index, (header, source, image) in enumerate(
+            zip(headers, sources, result.images, strict=True)
+        ):
+            text = label(
+                result.abnormal, result.study_type, image.probability, self.algorithm.untrained
+            )
+            gsps = build_gsps(
+                header,
+                source,
+                image.cam,
+                text,
+                self.identity,
+                series_instance_uid=series,
+                sop_instance_uid=generate_uid(),
+                instance_number=index + 1,
+                created=created,
+            )
+            if gsps is not None:
+                written.append(self._store("gsps", gsps))
 
     def _store(self, kind: str, ds: Dataset) -> ResultFile:
         """Write a result object durably to results/ and describe it for the database."""

@@ -103,8 +103,10 @@ def test_destination_objects_default_to_every_kind_and_can_be_chosen(tmp_path: P
     destination = '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 104\n'
     config = load_config(write(tmp_path, destination), environ={})
     assert config.destinations[0].objects == ("sr", "sc", "summary")
-    chosen = load_config(write(tmp_path, destination + 'objects = ["summary"]\n'), environ={})
-    assert chosen.destinations[0].objects == ("summary",)
+    chosen = load_config(
+        write(tmp_path, destination + 'objects = ["summary", "gsps"]\n'), environ={}
+    )
+    assert chosen.destinations[0].objects == ("summary", "gsps")
 
 
 def test_destinations_from_environment() -> None:
@@ -160,7 +162,7 @@ def test_destinations_from_environment() -> None:
         (
             '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 104\n'
             'objects = ["sr", "pdf"]\n',
-            'destinations[0].objects: a non-empty list of "sr", "sc", "summary", got',
+            'destinations[0].objects: a non-empty list of "sr", "sc", "summary", "gsps", got',
         ),
         (
             '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 104\nobjects = []\n',

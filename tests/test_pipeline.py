@@ -396,3 +396,54 @@ def test_images_are_numbered_in_the_source_order_not_arrival_order(
     assert (
         len({sr.SeriesInstanceUID, heatmaps[0].SeriesInstanceUID, summary.SeriesInstanceUID}) == 3
     )
+
+
+def test_presentation_states_go_to_a_destination_that_asks_for_them(
+    pipeline: Pipeline, orthanc: Orthanc, engine: InferenceEngine, tmp_path: Path
+) -> None:
+    """objects = ["gsps"]: one presentation state per image, numbered in the source's order, each
+    referencing its image, and nothing else; every one passes dciodvfy at Orthanc."""
+    from dataclasses import replace
+
+    base = pipeline.worker.config
+    config = replace(base, destinations=(replace(base.destinations[0], objects=("gsps",)),))
+    asking = Pipeline(
+        pipeline.node,
+        Worker(config, engine, pipeline.clock),
+        Dispatcher(config, pipeline.clock),
+        pipeline.clock,
+    )
+    try:
+        study_uid, series_uid = generate_uid(), generate_uid()
+        files = []
+        for number in (2, 1):  # arrival order: instance 2 first
+            ds = make_radiograph(
+                study_uid=study_uid, body_part="ELBOW", rows=64, columns=48, seed=number
+            )
+            ds.SeriesInstanceUID, ds.InstanceNumber = series_uid, number
+            files.append(write(ds, tmp_path / f"instance{number}.dcm"))
+        uid_of = {int(dcmread(f).InstanceNumber): str(dcmread(f).SOPInstanceUID) for f in files}
+        assert storescu(asking.node.scp.port, files).returncode == 0
+        asking.complete()
+        assert asking.process()
+        assert [r.kind for r in asking.results(study_uid)].count("gsps") == 2
+        assert asking.dispatcher.run_once() == 2
+        assert asking.study(study_uid).state == "DONE", [d.last_error for d in asking.dispatches()]
+        arrived = {}
+        for index, instance in enumerate(orthanc.get("/instances")):
+            path = tmp_path / f"gsps{index}.dcm"
+            path.write_bytes(orthanc.file(instance))
+            assert dciodvfy_errors(path) == [], path
+            ds = dcmread(path)
+            assert ds.Modality == "PR" and ds.StudyInstanceUID == study_uid
+            arrived[int(ds.InstanceNumber)] = ds
+        assert sorted(arrived) == [1, 2]
+        for number, ds in arrived.items():
+            image = ds.ReferencedSeriesSequence[0].ReferencedImageSequence[0]
+            assert image.ReferencedSOPInstanceUID == uid_of[number]
+            assert (
+                "AI: " in ds.GraphicAnnotationSequence[0].TextObjectSequence[0].UnformattedTextValue
+            )
+    finally:
+        asking.worker.close()
+        asking.dispatcher.close()

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from node.results.gsps import build_gsps
 from node.results.identity import add_study_level
 from node.results.order import SourcePosition
 from node.results.sanitise import (
@@ -223,10 +224,22 @@ def test_any_copied_value_gives_valid_results(
         sop_instance_uid=generate_uid(),
     )
     SourcePosition.of(read)  # what the banner shows of the source never raises either
+    gsps = build_gsps(
+        read,
+        clean,
+        np.ones((2, 2), np.float32),
+        "AI",
+        IDENTITY,
+        series_instance_uid=generate_uid(),
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+    )
+    assert gsps is not None
     sr.save_as(tmp_path / "sr.dcm")
     sc.save_as(tmp_path / "sc.dcm")
     summary.save_as(tmp_path / "summary.dcm")
-    names = ("sr.dcm", "sc.dcm", "summary.dcm")
+    gsps.save_as(tmp_path / "gsps.dcm")
+    names = ("sr.dcm", "sc.dcm", "summary.dcm", "gsps.dcm")
     checks = [
         subprocess.Popen(["dciodvfy", str(tmp_path / name)], stderr=subprocess.PIPE, text=True)
         for name in names

@@ -99,6 +99,7 @@ name = "orthanc"
 ae_title = "{orthanc.ae_title}"
 host = "127.0.0.1"
 port = {orthanc.dicom_port}
+objects = ["sr", "sc"]
 """
         )
         serve = subprocess.Popen(

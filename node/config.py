@@ -133,6 +133,11 @@ class MetricsConfig:
     port: int = 9464
 
 
+# The kinds of result object a destination can receive: the study's SR, the heatmap SC of each
+# image, the study's summary image (an SC), a presentation state of each image (GSPS).
+RESULT_KINDS = ("sr", "sc", "summary", "gsps")
+
+
 @dataclass(frozen=True)
 class Destination:
     """A DICOM peer that receives the node's results (used by the dispatcher)."""
@@ -141,7 +146,8 @@ class Destination:
     ae_title: str
     host: str
     port: int
-    objects: tuple[str, ...] = ("sr", "sc")
+    # Which results it receives (RESULT_KINDS); presentation states ("gsps") only when asked for.
+    objects: tuple[str, ...] = ("sr", "sc", "summary")
     tls: bool = False
     tls_ca: str = ""
     tls_certificate: str = ""
@@ -442,10 +448,11 @@ def _validate(config: Config) -> None:
             )
         if (dest.tls_ca or dest.tls_certificate) and not dest.tls:
             raise ConfigError(f"{where}: TLS files are set but tls = false")
-        unknown = [kind for kind in dest.objects if kind not in ("sr", "sc")]
+        unknown = [kind for kind in dest.objects if kind not in RESULT_KINDS]
         if unknown or not dest.objects:
+            kinds = ", ".join(f'"{kind}"' for kind in RESULT_KINDS)
             raise ConfigError(
-                f'{where}.objects: a list of "sr" and/or "sc", got {list(dest.objects)}'
+                f"{where}.objects: a non-empty list of {kinds}, got {list(dest.objects)}"
             )
     if config.worker.processes < 0:
         raise ConfigError(f"worker.processes: must be 0 or more, got {config.worker.processes}")

@@ -3,8 +3,8 @@
 It starts a node (SCP, scheduler, a worker process and the dispatcher) on a free loopback port
 with a temporary data directory and the embedded database, and a small result receiver standing in
 for the PACS. It sends a generated three-view hand study (pynetdicom as the modality), waits for the
-SR and the heatmaps to arrive at the receiver, prints what they say and where they are, and writes
-PNG previews of the heatmaps. The model is the one configured (model.cards), else the untrained
+SR, the heatmaps and the summary image to arrive at the receiver, prints what they say and where
+they are, and writes PNG previews of the heatmaps and the summary. The model is the one configured (model.cards), else the untrained
 network, and the summary says so plainly.
 """
 
@@ -30,6 +30,7 @@ from node.config import (
     DispatchConfig,
     StorageConfig,
 )
+from node.results.summary import SUMMARY_SERIES_DESCRIPTION
 from node.service import Node
 
 RECEIVER_AE = "DEMO_PACS"
@@ -111,7 +112,12 @@ class Receiver:
     def _store(self, event: evt.Event) -> int:
         ds = event.dataset
         ds.file_meta = event.file_meta
-        kind = "sr" if ds.Modality == "SR" else "heatmap"
+        if ds.Modality == "SR":
+            kind = "sr"
+        elif ds.get("SeriesDescription") == SUMMARY_SERIES_DESCRIPTION:
+            kind = "summary"
+        else:
+            kind = "heatmap"
         with self.lock:
             path = self.directory / f"{kind}-{len(self.received) + 1}.dcm"
             ds.save_as(path, enforce_file_format=True)
@@ -150,7 +156,7 @@ def run_demo(base: Config, directory: Path | None = None, timeout_s: float = 300
         )
         print("  waiting for the study to complete and its results to arrive ...")
         deadline = time.monotonic() + timeout_s
-        while len(receiver.received) < 1 + len(study):
+        while len(receiver.received) < 2 + len(study):  # the SR, the heatmaps, the summary
             if time.monotonic() > deadline:
                 print("mura-node demo: the results did not arrive in time; see the log above")
                 return 1
@@ -200,10 +206,11 @@ def _summarise(received: list[Path], root: Path, untrained: bool) -> None:
         print(f"  image {index} ({VIEWS[index - 1].lower():<8}): probability {probability:.3f}")
     previews = root / "previews"
     previews.mkdir(exist_ok=True)
-    for path in sorted(p for p in received if p.name.startswith("heatmap")):
+    for path in sorted(p for p in received if p.name.startswith(("heatmap", "summary"))):
         Image.fromarray(dcmread(path).pixel_array).save(previews / f"{path.stem}.png")
     print(f"  SR              : {sr_path}")
     print(f"  heatmaps (SC)   : {root / 'pacs'}/heatmap-*.dcm")
+    print(f"  summary (SC)    : {root / 'pacs'}/summary-*.dcm")
     print(f"  previews (PNG)  : {previews}")
     print(f"  node data       : {root / 'node'}")
     print(f"  its queue       : MURA_NODE_STORAGE__DATA_DIR={root / 'node'} mura-node status")

@@ -47,7 +47,7 @@ class Delivery:
     sop_instance_uid: str
     attempts: int
     study_id: int
-    kind: str = "sr"  # the result's kind: "sr" or "sc"
+    kind: str = "sr"  # the result's kind: one of node.config.RESULT_KINDS
     unanswered: bool = False
 
 

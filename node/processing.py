@@ -35,7 +35,7 @@ class StudyImage:
 
 @dataclass(frozen=True)
 class ResultFile:
-    kind: str  # "sr" or "sc"
+    kind: str  # one of node.config.RESULT_KINDS: "sr", "sc", "summary", "gsps"
     sop_class_uid: str
     sop_instance_uid: str
     file_path: str

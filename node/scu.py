@@ -4,7 +4,8 @@ destination already holds an object.
 
 Presentation contexts proposed (PS3.7 D.3.3.4, PS3.4 B and C):
 
-- every result class (Comprehensive SR, Secondary Capture) with Explicit VR Little Endian and
+- every result class (Comprehensive SR, Secondary Capture, Grayscale Softcopy Presentation
+  State) with Explicit VR Little Endian and
   Implicit VR Little Endian in one context: the node writes its results uncompressed in Explicit
   VR Little Endian, and pynetdicom's ``send_c_store`` converts such a data set to Implicit VR
   Little Endian when that is the syntax the destination accepted (``_get_valid_context`` prefers
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-RESULT_CLASSES = (COMPREHENSIVE_SR, SECONDARY_CAPTURE)
+GRAYSCALE_SOFTCOPY_PRESENTATION_STATE = "1.2.840.10008.5.1.4.1.1.11.1"
+RESULT_CLASSES = (COMPREHENSIVE_SR, SECONDARY_CAPTURE, GRAYSCALE_SOFTCOPY_PRESENTATION_STATE)
 RESULT_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 STORED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})  # success and the storage warnings

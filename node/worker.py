@@ -5,15 +5,21 @@ size); several workers, in ``serve`` or on other machines (`mura-node worker`), 
 through the database. For each claimed study:
 
 1. its analysed images of its study type are decoded once each (in ``model.preprocess_workers``
-   processes when configured) into the model input and a display image;
+   processes when configured) into the model input and a display image, then put in the
+   source's order (SeriesNumber, then InstanceNumber; node/results/order.py), never their
+   arrival order;
 2. the engine gives the image and study probabilities and maps;
-3. the SR (naming the study's previous SR as predecessor, if any) and one heatmap SC per image are
-   written durably to ``results/``;
+3. the SR (naming the study's previous SR as predecessor, if any; "Image N" in the source's
+   order), one heatmap SC per image (InstanceNumber N), the study's summary image and, when a
+   destination takes "gsps", a presentation state per image are written durably to
+   ``results/``, all with the study-level attributes of `node.results.identity.add_study_level`
+   and one SeriesDate and SeriesTime;
 4. one transaction records the results, a delivery per destination and object, and the new state
    (DISPATCHING, or DONE without destinations), only if the claim is still ours.
 
 A study whose images cannot be decoded ends FAILED with a reason that starts "input fault" and says
-which image and why; any other error in one study ends that study FAILED with a reason that starts
+which image (numbered in arrival order: the source's numbers of an image that cannot be read are
+not known) and why; any other error in one study ends that study FAILED with a reason that starts
 "node fault", and the worker goes on with the next. Attributes the results copy from the images are
 cleaned first (node/results/sanitise.py), so a header value never fails a study; what was changed
 is recorded in the study's history ("headers cleaned", keywords only).
@@ -28,11 +34,11 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 
 import numpy as np
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from node import __version__, metrics
@@ -42,10 +48,13 @@ from node.engine import DicomPreprocessor, InferenceEngine, StudyResult
 from node.errors import UndecodableImage
 from node.processing import ProcessingRepository, ResultFile, StudyImage
 from node.repository import ClaimedStudy, Clock, Repository, utcnow
-from node.results.identity import AlgorithmInfo, NodeIdentity
+from node.results.gsps import build_gsps, label
+from node.results.identity import AlgorithmInfo, NodeIdentity, add_study_level
+from node.results.order import SourcePosition, source_order
 from node.results.sanitise import clean_source, summarise
-from node.results.sc import build_sc, render_heatmap
+from node.results.sc import HeatmapCaption, annotate_heatmap, blend_heatmap, build_sc
 from node.results.sr import build_sr
+from node.results.summary import SummaryContent, build_summary, render_summary
 from node.scheduler import short_uid
 from node.stopflag import StopFlag
 from node.storage import FileStore
@@ -81,6 +90,7 @@ class Worker:
     def __init__(self, config: Config, engine: InferenceEngine, clock: Clock = utcnow) -> None:
         self.config = config
         self.engine = engine
+        self.clock = clock
         self.store = FileStore(config.storage.data_dir)
         self.db = make_engine(config.database_url)
         self.queue = Repository(self.db, clock)
@@ -170,8 +180,16 @@ class Worker:
                 self.processing.fail(claimed, self.worker_id, reason[:500])
                 log.warning("study %s FAILED: %s", short_uid(claimed.study_instance_uid), reason)
                 return
-        inputs = [item[0] for item in decoded]  # type: ignore[index]
-        displays = [item[1] for item in decoded]  # type: ignore[index]
+        # Read only now: decoding has bounded what a deflated data set inflates to (pydicom
+        # inflates one whole even to read its header).
+        headers = [dcmread(path, stop_before_pixels=True) for path in paths]
+        positions = [SourcePosition.of(header) for header in headers]
+        order = source_order(positions)
+        images = [images[i] for i in order]
+        headers = [headers[i] for i in order]
+        positions = [positions[i] for i in order]
+        inputs = [decoded[i][0] for i in order]  # type: ignore[index]
+        displays = [decoded[i][1] for i in order]  # type: ignore[index]
         if claimed.ready_since is not None:
             metrics.queue_wait((utcnow() - claimed.ready_since).total_seconds())
         started = time.perf_counter()
@@ -180,18 +198,22 @@ class Worker:
             metrics.inference_per_image((time.perf_counter() - started) / len(inputs))
         self.drain()  # at most one study's results in writing at a time
         self.pending = self.writer.submit(
-            self._guarded, claimed, self._write, images, paths, displays, result
+            self._guarded, claimed, self._write, images, headers, positions, displays, result
         )
 
     def _write(
         self,
         claimed: ClaimedStudy,
         images: list[StudyImage],
-        paths: list[Path],
+        headers: list[Dataset],
+        positions: list[SourcePosition],
         displays: list[np.ndarray],
         result: StudyResult,
     ) -> None:
-        cleaned = [clean_source(dcmread(path, stop_before_pixels=True)) for path in paths]
+        """Write the SR, a heatmap SC per image, the summary image and the presentation states
+        (when asked for), then record them; ``images``, ``headers`` (as received), ``positions``,
+        ``displays`` and ``result.images`` are in the source's order."""
+        cleaned = [clean_source(header) for header in headers]
         sources = [source for source, _changes in cleaned]
         patients = {str(source.PatientID) for source in sources} - {""}
         if len(patients) > 1:
@@ -203,6 +225,7 @@ class Worker:
             log.warning("study %s FAILED: %s", short_uid(claimed.study_instance_uid), reason)
             return
         header_changes = summarise(changes for _source, changes in cleaned)
+        created = self.clock()  # the result series' SeriesDate and SeriesTime
         written: list[ResultFile] = []
         try:
             predecessor_path = self.processing.latest_report(claimed.study_id)
@@ -218,33 +241,46 @@ class Worker:
                 sop_instance_uid=generate_uid(),
                 predecessor=predecessor,
             )
-            written.append(
-                ResultFile(
-                    "sr", str(sr.SOPClassUID), str(sr.SOPInstanceUID), self.store.write_result(sr)
-                )
-            )
+            add_study_level(sr, sources[0], created)
+            written.append(self._store("sr", sr))
             series = generate_uid()
-            for index, (source, display, image) in enumerate(
-                zip(sources, displays, result.images, strict=True)
+            blends = []
+            for index, (source, position, display, image) in enumerate(
+                zip(sources, positions, displays, result.images, strict=True)
             ):
+                blended = blend_heatmap(display, image.cam)
+                blends.append(blended)
+                caption = HeatmapCaption(
+                    result.abnormal, result.study_type, image.probability, self.algorithm, position
+                )
                 sc = build_sc(
                     source,
-                    render_heatmap(display, image.cam),
+                    annotate_heatmap(blended, caption),
                     self.identity,
                     series_instance_uid=series,
                     sop_instance_uid=generate_uid(),
                     instance_number=index + 1,
                     probability=image.probability,
                     algorithm_name=self.algorithm.display_name,
+                    created=created,
                 )
-                written.append(
-                    ResultFile(
-                        "sc",
-                        str(sc.SOPClassUID),
-                        str(sc.SOPInstanceUID),
-                        self.store.write_result(sc),
-                    )
-                )
+                written.append(self._store("sc", sc))
+            page = SummaryContent(
+                result, self.algorithm, positions, blends, f"mura-node {__version__}"
+            )
+            summary_image = build_summary(
+                sources,
+                render_summary(page),
+                result,
+                self.algorithm,
+                self.identity,
+                series_instance_uid=generate_uid(),
+                sop_instance_uid=generate_uid(),
+                created=created,
+            )
+            written.append(self._store("summary", summary_image))
+            if any("gsps" in d.objects for d in self.config.destinations):
+                self._presentation_states(headers, sources, result, created, written)
             finding = "abnormal" if result.abnormal else "normal"
             summary = (
                 f"{finding}: probability {result.probability:.3f} (threshold {result.threshold:g}), "
@@ -270,6 +306,43 @@ class Worker:
             )
             return
         log.info("study %s: %s", short_uid(claimed.study_instance_uid), summary)
+
+    def _presentation_states(
+        self,
+        headers: list[Dataset],
+        sources: list[Dataset],
+        result: StudyResult,
+        created: datetime,
+        written: list[ResultFile],
+    ) -> None:
+        """Write a GSPS per grayscale image (for destinations that take "gsps"), each added to
+        ``written`` as soon as it is on disk (so that a failure removes it with the rest)."""
+        series = generate_uid()
+        for index, (header, source, image) in enumerate(
+            zip(headers, sources, result.images, strict=True)
+        ):
+            text = label(
+                result.abnormal, result.study_type, image.probability, self.algorithm.untrained
+            )
+            gsps = build_gsps(
+                header,
+                source,
+                image.cam,
+                text,
+                self.identity,
+                series_instance_uid=series,
+                sop_instance_uid=generate_uid(),
+                instance_number=index + 1,
+                created=created,
+            )
+            if gsps is not None:
+                written.append(self._store("gsps", gsps))
+
+    def _store(self, kind: str, ds: Dataset) -> ResultFile:
+        """Write a result object durably to results/ and describe it for the database."""
+        return ResultFile(
+            kind, str(ds.SOPClassUID), str(ds.SOPInstanceUID), self.store.write_result(ds)
+        )
 
     def _discard(self, written: list[ResultFile]) -> None:
         for item in written:

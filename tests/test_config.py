@@ -99,6 +99,16 @@ port = 104
     assert config.destinations == (Destination("pacs", "PACS", "10.0.0.5", 104),)
 
 
+def test_destination_objects_default_to_every_kind_and_can_be_chosen(tmp_path: Path) -> None:
+    destination = '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 104\n'
+    config = load_config(write(tmp_path, destination), environ={})
+    assert config.destinations[0].objects == ("sr", "sc", "summary")
+    chosen = load_config(
+        write(tmp_path, destination + 'objects = ["summary", "gsps"]\n'), environ={}
+    )
+    assert chosen.destinations[0].objects == ("summary", "gsps")
+
+
 def test_destinations_from_environment() -> None:
     config = load_config(
         None,
@@ -148,6 +158,15 @@ def test_destinations_from_environment() -> None:
         (
             '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 104\ntls_ca = "ca.pem"\n',
             "destinations[0]: TLS files are set but tls = false",
+        ),
+        (
+            '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 104\n'
+            'objects = ["sr", "pdf"]\n',
+            'destinations[0].objects: a non-empty list of "sr", "sc", "summary", "gsps", got',
+        ),
+        (
+            '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 104\nobjects = []\n',
+            "destinations[0].objects: a non-empty list of",
         ),
     ],
 )

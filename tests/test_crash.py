@@ -152,8 +152,10 @@ def test_worker_killed_by_a_crash_is_restarted_and_its_study_done_once(tmp_path:
                     select(Result.kind).join(Study).where(Study.study_instance_uid == uid)
                 )
             )
-        assert kinds == ["sc"] * 12 + ["sr"]  # one result set: nothing of the killed attempt
-        assert len(pacs.reports(uid)) == 1 and len(pacs.heatmaps(uid)) == 12
+        # One result set: nothing of the killed attempt.
+        assert kinds == ["sc"] * 12 + ["sr", "summary"]
+        # Secondary Captures: 12 heatmaps and the summary image.
+        assert len(pacs.reports(uid)) == 1 and len(pacs.heatmaps(uid)) == 13
     finally:
         node.stop()
         pacs.stop()
@@ -291,7 +293,8 @@ def test_sigkill_during_a_burst_loses_and_duplicates_nothing(tmp_path: Path) -> 
     assert "DISPATCHING" in at_kill[2]
     for uid in uids:
         assert len(pacs.reports(uid)) == 1, f"study {uid}: {pacs.reports(uid)}"
-        assert len(pacs.heatmaps(uid)) == 2, f"study {uid}: {pacs.heatmaps(uid)}"
+        # Secondary Captures: 2 heatmaps and the summary image.
+        assert len(pacs.heatmaps(uid)) == 3, f"study {uid}: {pacs.heatmaps(uid)}"
     assert set(pacs.received) == set(uids)
 
 
@@ -356,4 +359,5 @@ def test_graceful_shutdown_under_load_loses_nothing(tmp_path: Path) -> None:
         pacs.stop()
     studies = {uid for uid in pacs.received}
     assert all(len(pacs.reports(uid)) == 1 for uid in studies)
-    assert sum(len(pacs.heatmaps(uid)) for uid in studies) == len(acked)
+    # A heatmap per image and a summary per study (all Secondary Captures).
+    assert sum(len(pacs.heatmaps(uid)) for uid in studies) == len(acked) + len(studies)

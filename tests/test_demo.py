@@ -27,7 +27,9 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     assert out.count("probability") == 4
     received = sorted((tmp_path / "demo" / "pacs").glob("*.dcm"))
     assert [p.name.split("-")[0] for p in received].count("heatmap") == 3
+    assert [p.name.split("-")[0] for p in received].count("summary") == 1
     assert len(list((tmp_path / "demo" / "previews").glob("heatmap-*.png"))) == 3
+    assert len(list((tmp_path / "demo" / "previews").glob("summary-*.png"))) == 1
     for path in received:
         assert dciodvfy_errors(path) == []
     sr = next(p for p in received if p.name.startswith("sr"))

@@ -31,7 +31,6 @@ from tests.test_pipeline import Pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
-SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
 JAPANESE_NAME = "Yamada^Tarou=山田^太郎=やまだ^たろう"
 # The same name in ISO 2022 IR 87 (JIS X 0208) with escape sequences, as a Japanese modality sends it.
 JAPANESE_NAME_ISO2022 = (
@@ -87,10 +86,11 @@ def deliver(pipeline: Pipeline, orthanc: Orthanc, source: Dataset, tmp_path: Pat
         copy.write_bytes(data)
         if dcmread(copy, stop_before_pixels=True).StudyInstanceUID == source.StudyInstanceUID:
             copies.append(copy)
-    assert len(copies) == 2  # the SR and the heatmap
+    assert len(copies) == 3  # the SR, the heatmap, the summary image
     for copy in copies:
         assert dciodvfy_errors(copy) == [], copy
-    return sorted(copies, key=lambda p: dcmread(p, stop_before_pixels=True).SOPClassUID != SR_CLASS)
+    # The SR, then the heatmap (series 991), then the summary (series 992).
+    return sorted(copies, key=lambda p: int(dcmread(p, stop_before_pixels=True).SeriesNumber))
 
 
 def content_items(ds: Dataset) -> list[tuple[str, str | None]]:
@@ -123,15 +123,15 @@ def test_iso_2022_character_set_with_empty_first_value(
     source = make_radiograph(body_part="WRIST")
     raw(source, "SpecificCharacterSet", b"\\ISO 2022 IR 87")
     raw(source, "PatientName", JAPANESE_NAME_ISO2022)
-    sr, sc = deliver(pipeline, orthanc, source, tmp_path)
-    for copy in (sr, sc):
+    copies = deliver(pipeline, orthanc, source, tmp_path)
+    for copy in copies:
         result = dcmread(copy)
         assert str(result.PatientName) == JAPANESE_NAME
         assert result.SpecificCharacterSet == "ISO_IR 192"
     at_orthanc = [
         tags for tags in orthanc.instances() if tags["StudyInstanceUID"] == source.StudyInstanceUID
     ]
-    assert [tags["PatientName"] for tags in at_orthanc] == [JAPANESE_NAME] * 2
+    assert [tags["PatientName"] for tags in at_orthanc] == [JAPANESE_NAME] * 3
 
 
 def test_unreadable_birth_date_is_left_empty(
@@ -159,7 +159,7 @@ def test_decimal_comma_spacing_is_left_out_of_the_image_library(
     pipeline: Pipeline, orthanc: Orthanc, tmp_path: Path
 ) -> None:
     source = raw(make_radiograph(body_part="WRIST"), "ImagerPixelSpacing", b"0,143\\0,143")
-    sr, _sc = deliver(pipeline, orthanc, source, tmp_path)
+    sr, _sc, _summary = deliver(pipeline, orthanc, source, tmp_path)
     names = [name for name, _value in content_items(dcmread(sr))]
     assert "110910" in names  # (110910, DCM, "Pixel Data Rows"): the image is in the library
     assert "111026" not in names  # (111026, DCM, "Horizontal Pixel Spacing") is left out
@@ -181,15 +181,26 @@ def test_missing_modality_comes_from_the_sop_class(
 ) -> None:
     source = make_radiograph(body_part="WRIST")
     del source.Modality
-    sr, _sc = deliver(pipeline, orthanc, source, tmp_path)
+    sr, _sc, _summary = deliver(pipeline, orthanc, source, tmp_path)
     assert ("121139", "CR") in content_items(dcmread(sr))  # (121139, DCM, "Modality") CR
     assert "Modality derived" in cleaned(pipeline, str(source.StudyInstanceUID))
+
+
+def test_invalid_study_description_is_left_out_and_a_valid_one_copied(
+    pipeline: Pipeline, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    source = raw(
+        make_radiograph(body_part="WRIST"), "StudyDescription", b"XR WRIST\x07" + b"x" * 70
+    )
+    for copy in deliver(pipeline, orthanc, source, tmp_path):
+        assert "StudyDescription" not in dcmread(copy)
+    assert "StudyDescription left out" in cleaned(pipeline, str(source.StudyInstanceUID))
 
 
 def test_clean_headers_leave_no_history_of_changes(
     pipeline: Pipeline, orthanc: Orthanc, tmp_path: Path
 ) -> None:
-    source = make_radiograph(body_part="WRIST")
+    source = make_radiograph(body_part="WRIST", study_description="XR WRIST 1 VIEW")
     for copy in deliver(pipeline, orthanc, source, tmp_path):
         result = dcmread(copy)
         assert (result.PatientBirthDate, result.PatientSex, result.StudyTime) == (
@@ -197,6 +208,7 @@ def test_clean_headers_leave_no_history_of_changes(
             source.PatientSex,
             source.StudyTime,
         )
+        assert result.StudyDescription == "XR WRIST 1 VIEW"
     assert not any(
         line.startswith("headers cleaned")
         for line in history(pipeline, str(source.StudyInstanceUID))

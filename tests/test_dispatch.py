@@ -64,8 +64,19 @@ class Delivering:
         self.config: Config = node.config
         self.studies = 0
 
-    def to(self, ae_title: str, port: int, host: str = "127.0.0.1", **tls: Any) -> Dispatcher:
-        destination = Destination(name="pacs", ae_title=ae_title, host=host, port=port, **tls)
+    def to(
+        self,
+        ae_title: str,
+        port: int,
+        host: str = "127.0.0.1",
+        objects: tuple[str, ...] = ("sr", "sc"),
+        **tls: Any,
+    ) -> Dispatcher:
+        """A destination for ``objects``: by default the SR and the heatmaps, one object of each
+        SOP class the node sends (the summary image is one more Secondary Capture)."""
+        destination = Destination(
+            name="pacs", ae_title=ae_title, host=host, port=port, objects=objects, **tls
+        )
         self.config = replace(self.node.config, destinations=(destination,))
         return Dispatcher(self.config, self.clock)
 
@@ -188,10 +199,10 @@ def test_implicit_vr_only_destination_receives_the_sr_and_the_heatmaps_intact(
     delivering: Delivering, implicit_only_storescp: tuple[int, Path]
 ) -> None:
     port, out = implicit_only_storescp
-    dispatcher = delivering.to("ARCHIVE", port)
+    dispatcher = delivering.to("ARCHIVE", port, objects=("sr", "sc", "summary"))
     study_uid = delivering.study(images=2)
     try:
-        assert dispatcher.run_once() == 3
+        assert dispatcher.run_once() == 4
     finally:
         dispatcher.close()
     assert {d.state for d in delivering.deliveries().values()} == {"SENT"}, [
@@ -206,7 +217,7 @@ def test_implicit_vr_only_destination_receives_the_sr_and_the_heatmaps_intact(
         arrived = received[result.sop_instance_uid]
         assert arrived.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
         assert_same_content(arrived, original)
-        if result.kind == "sc":
+        if result.kind in ("sc", "summary"):
             assert (arrived.pixel_array == original.pixel_array).all()
             assert arrived.pixel_array.shape == (original.Rows, original.Columns, 3)
         else:

@@ -65,10 +65,11 @@ def test_orthanc_routes_a_study_and_gets_the_results_back(
         def classes() -> list[str]:
             return sorted(i["SOPClassUID"] for i in orthanc.instances())
 
-        wait_for(lambda: len(classes()) == 5, timeout=180, what="the results in Orthanc")
+        wait_for(lambda: len(classes()) == 6, timeout=180, what="the results in Orthanc")
         instances = orthanc.instances()
         assert {i["StudyInstanceUID"] for i in instances} == {study_uid}
-        assert classes() == sorted(["1.2.840.10008.5.1.4.1.1.1"] * 2 + [SC] * 2 + [SR])
+        # The 2 images, their SR, 2 heatmaps and the summary image (both Secondary Captures).
+        assert classes() == sorted(["1.2.840.10008.5.1.4.1.1.1"] * 2 + [SC] * 3 + [SR])
 
         # The study is stable again after the results and Orthanc forwards it once more: the
         # node takes the identical images as re-sends and processes nothing twice.
@@ -78,7 +79,7 @@ def test_orthanc_routes_a_study_and_gets_the_results_back(
 
         wait_for(forwarded_twice, timeout=60, what="Orthanc to forward the study again")
         time.sleep(1)
-        assert len(orthanc.get("/instances")) == 5
+        assert len(orthanc.get("/instances")) == 6
         status = subprocess.run(
             [sys.executable, "-m", "node", "status", "--json", "--config", str(config)],
             capture_output=True,

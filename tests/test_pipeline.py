@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -24,6 +25,8 @@ from node.dispatch import Dispatcher
 from node.engine import InferenceEngine
 from node.imaging import dicom_file_to_tensor
 from node.outbox import Outbox
+from node.results.sc import SC_SERIES_DESCRIPTION
+from node.results.summary import SUMMARY_SERIES_DESCRIPTION
 from node.service import Node
 from node.status import collect_status
 from node.worker import Worker
@@ -119,16 +122,16 @@ def test_study_to_sr_and_heatmaps_in_orthanc(
     study = pipeline.study(study_uid)
     assert study.state == "DISPATCHING", study.reason
     results = pipeline.results(study_uid)
-    assert [r.kind for r in results] == ["sr", "sc", "sc", "sc"]
+    assert [r.kind for r in results] == ["sr", "sc", "sc", "sc", "summary"]
     for result in results:
         assert dciodvfy_errors(pipeline.node.store.path_of(result.file_path)) == []
     sr_path = pipeline.node.store.path_of(results[0].file_path)
     assert subprocess.run(["dsrdump", str(sr_path)], capture_output=True).returncode == 0
 
-    assert pipeline.dispatcher.run_once() == 4
+    assert pipeline.dispatcher.run_once() == 5
     assert pipeline.study(study_uid).state == "DONE"
     received = orthanc.instances()
-    assert sorted(i["SOPClassUID"] for i in received) == ["1.2.840.10008.5.1.4.1.1.7"] * 3 + [
+    assert sorted(i["SOPClassUID"] for i in received) == ["1.2.840.10008.5.1.4.1.1.7"] * 4 + [
         "1.2.840.10008.5.1.4.1.1.88.33"
     ]
     assert {i["StudyInstanceUID"] for i in received} == {study_uid}
@@ -145,7 +148,7 @@ def test_study_to_sr_and_heatmaps_in_orthanc(
         "results",
         "done",
     ]
-    assert [d["state"] for d in history["deliveries"]] == ["SENT"] * 4
+    assert [d["state"] for d in history["deliveries"]] == ["SENT"] * 5
     assert "all results delivered" in render_history(history)
 
     # The SR that arrived says what the engine says about these images.
@@ -217,24 +220,24 @@ def test_destination_down_then_back_gets_everything_once(
     pipeline.complete()
     assert pipeline.process()
     orthanc.stop()
-    assert pipeline.dispatcher.run_once() == 3
+    assert pipeline.dispatcher.run_once() == 4  # the SR, 2 heatmaps, the summary
     assert {(d.state, d.attempts) for d in pipeline.dispatches()} == {("RETRY", 1)}
     assert pipeline.dispatcher.run_once() == 0  # backing off: nothing is due yet
     pipeline.clock.advance(31)
-    assert pipeline.dispatcher.run_once() == 3
+    assert pipeline.dispatcher.run_once() == 4
     pipeline.clock.advance(61)
     pipeline.dispatcher.run_once()
     assert {d.state for d in pipeline.dispatches()} == {"DEAD"}  # max_attempts = 3
     report = collect_status(pipeline.node.engine, pipeline.clock())
-    assert report["deliveries"]["DEAD"] == 3 and len(report["dead_letters"]) == 3
+    assert report["deliveries"]["DEAD"] == 4 and len(report["dead_letters"]) == 4
     assert pipeline.study(study_uid).state == "DISPATCHING"
 
     orthanc.start()
-    assert Outbox(pipeline.node.engine, pipeline.clock).retry_dead() == 3
-    assert pipeline.dispatcher.run_once() == 3
+    assert Outbox(pipeline.node.engine, pipeline.clock).retry_dead() == 4
+    assert pipeline.dispatcher.run_once() == 4
     assert {d.state for d in pipeline.dispatches()} == {"SENT"}
     assert pipeline.dispatcher.run_once() == 0  # nothing goes twice
-    assert len(orthanc.get("/instances")) == 3
+    assert len(orthanc.get("/instances")) == 4
     assert pipeline.study(study_uid).state == "DONE"
 
 
@@ -288,11 +291,11 @@ def test_serve_end_to_end_with_worker_and_dispatcher_processes(
         while storescu(port, files).returncode != 0:
             assert time.monotonic() < deadline and serve.poll() is None, "serve did not start"
             time.sleep(0.5)
-        while len(orthanc.get("/instances")) < 4:
+        while len(orthanc.get("/instances")) < 5:  # the SR, 3 heatmaps, the summary
             assert time.monotonic() < deadline and serve.poll() is None, "results did not arrive"
             time.sleep(0.5)
         classes = sorted(i["SOPClassUID"] for i in orthanc.instances())
-        assert classes == ["1.2.840.10008.5.1.4.1.1.7"] * 3 + ["1.2.840.10008.5.1.4.1.1.88.33"]
+        assert classes == ["1.2.840.10008.5.1.4.1.1.7"] * 4 + ["1.2.840.10008.5.1.4.1.1.88.33"]
         serve.send_signal(signal.SIGTERM)
         output, _ = serve.communicate(timeout=90)
         assert serve.returncode == 0, output
@@ -301,3 +304,153 @@ def test_serve_end_to_end_with_worker_and_dispatcher_processes(
         if serve.poll() is None:
             os.killpg(serve.pid, signal.SIGKILL)
             serve.communicate()
+
+
+def tracked_sources(ds: Dataset) -> dict[str, list[str]]:
+    """SR groups by their Tracking Identifier text ("Study", "Image 1", ...): the SOP Instance
+    UIDs of the images each group references, wherever in the group they are (a source image
+    item, or the image an image region is drawn on)."""
+
+    def children(item: Dataset) -> list[Dataset]:
+        return list(item.get("ContentSequence", []))
+
+    def referenced(item: Dataset) -> list[str]:
+        uids = [str(r.ReferencedSOPInstanceUID) for r in item.get("ReferencedSOPSequence", [])]
+        return uids + [uid for child in children(item) for uid in referenced(child)]
+
+    groups: dict[str, list[str]] = {}
+
+    def walk(item: Dataset) -> None:
+        for child in children(item):
+            names = [
+                c.TextValue
+                for c in children(child)
+                if c.ValueType == "TEXT" and c.ConceptNameCodeSequence[0].CodeValue == "112039"
+            ]
+            if child.ValueType == "CONTAINER" and names:
+                groups[str(names[0])] = referenced(child)
+            else:
+                walk(child)
+
+    walk(ds)
+    return groups
+
+
+def test_images_are_numbered_in_the_source_order_not_arrival_order(
+    pipeline: Pipeline, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    """A CR study whose instances arrive 3, 1, 2: the SR's "Image N", the heatmap SC with
+    InstanceNumber N and the summary's N-th thumbnail are the source's instance N; the SR, the SCs
+    and the summary carry StudyDescription, SeriesDate and SeriesTime, and pass dciodvfy."""
+    study_uid = generate_uid()
+    series_uid = generate_uid()
+    sources = []
+    for number, view in ((1, "PA"), (2, "LL"), (3, "AP")):
+        ds = make_radiograph(
+            study_uid=study_uid,
+            body_part="WRIST",
+            rows=80,
+            columns=64,
+            seed=number,
+            study_description="XR WRIST 3 VIEWS",
+        )
+        ds.SeriesInstanceUID, ds.InstanceNumber, ds.ViewPosition = series_uid, number, view
+        sources.append(write(ds, tmp_path / f"instance{number}.dcm"))
+    uid_of = {n + 1: str(dcmread(path).SOPInstanceUID) for n, path in enumerate(sources)}
+    sent = storescu(pipeline.node.scp.port, [sources[2], sources[0], sources[1]])
+    assert sent.returncode == 0, sent.stderr
+    pipeline.complete()
+    assert pipeline.process()
+    assert pipeline.dispatcher.run_once() == 5
+    assert pipeline.study(study_uid).state == "DONE"
+
+    received = {}
+    for index, instance in enumerate(orthanc.get("/instances")):
+        path = tmp_path / f"result{index}.dcm"
+        path.write_bytes(orthanc.file(instance))
+        assert dciodvfy_errors(path) == [], path
+        received[path] = dcmread(path)
+    assert len(received) == 5
+    created = pipeline.clock().astimezone()
+    for ds in received.values():
+        assert ds.StudyInstanceUID == study_uid
+        assert ds.StudyDescription == "XR WRIST 3 VIEWS"
+        assert (ds.SeriesDate, ds.SeriesTime) == (
+            created.strftime("%Y%m%d"),
+            created.strftime("%H%M%S"),
+        )
+
+    sr = next(ds for ds in received.values() if ds.Modality == "SR")
+    groups = tracked_sources(sr)
+    for number in (1, 2, 3):
+        assert groups[f"Image {number}"] == [uid_of[number]], groups
+
+    heatmaps = [ds for ds in received.values() if ds.SeriesDescription == SC_SERIES_DESCRIPTION]
+    by_number = {int(ds.InstanceNumber): ds for ds in heatmaps}
+    assert sorted(by_number) == [1, 2, 3]
+    for number, ds in by_number.items():
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == uid_of[number]
+        assert ds.BurnedInAnnotation == "YES"
+
+    (summary,) = [
+        ds for ds in received.values() if ds.SeriesDescription == SUMMARY_SERIES_DESCRIPTION
+    ]
+    assert [i.ReferencedSOPInstanceUID for i in summary.SourceImageSequence] == [
+        uid_of[1],
+        uid_of[2],
+        uid_of[3],
+    ]
+    assert (
+        len({sr.SeriesInstanceUID, heatmaps[0].SeriesInstanceUID, summary.SeriesInstanceUID}) == 3
+    )
+
+
+def test_presentation_states_go_to_a_destination_that_asks_for_them(
+    pipeline: Pipeline, orthanc: Orthanc, engine: InferenceEngine, tmp_path: Path
+) -> None:
+    """objects = ["gsps"]: one presentation state per image, numbered in the source's order, each
+    referencing its image, and nothing else; every one passes dciodvfy at Orthanc."""
+    from dataclasses import replace
+
+    base = pipeline.worker.config
+    config = replace(base, destinations=(replace(base.destinations[0], objects=("gsps",)),))
+    asking = Pipeline(
+        pipeline.node,
+        Worker(config, engine, pipeline.clock),
+        Dispatcher(config, pipeline.clock),
+        pipeline.clock,
+    )
+    try:
+        study_uid, series_uid = generate_uid(), generate_uid()
+        files = []
+        for number in (2, 1):  # arrival order: instance 2 first
+            ds = make_radiograph(
+                study_uid=study_uid, body_part="ELBOW", rows=64, columns=48, seed=number
+            )
+            ds.SeriesInstanceUID, ds.InstanceNumber = series_uid, number
+            files.append(write(ds, tmp_path / f"instance{number}.dcm"))
+        uid_of = {int(dcmread(f).InstanceNumber): str(dcmread(f).SOPInstanceUID) for f in files}
+        assert storescu(asking.node.scp.port, files).returncode == 0
+        asking.complete()
+        assert asking.process()
+        assert [r.kind for r in asking.results(study_uid)].count("gsps") == 2
+        assert asking.dispatcher.run_once() == 2
+        assert asking.study(study_uid).state == "DONE", [d.last_error for d in asking.dispatches()]
+        arrived = {}
+        for index, instance in enumerate(orthanc.get("/instances")):
+            path = tmp_path / f"gsps{index}.dcm"
+            path.write_bytes(orthanc.file(instance))
+            assert dciodvfy_errors(path) == [], path
+            ds = dcmread(path)
+            assert ds.Modality == "PR" and ds.StudyInstanceUID == study_uid
+            arrived[int(ds.InstanceNumber)] = ds
+        assert sorted(arrived) == [1, 2]
+        for number, ds in arrived.items():
+            image = ds.ReferencedSeriesSequence[0].ReferencedImageSequence[0]
+            assert image.ReferencedSOPInstanceUID == uid_of[number]
+            assert (
+                "AI: " in ds.GraphicAnnotationSequence[0].TextObjectSequence[0].UnformattedTextValue
+            )
+    finally:
+        asking.worker.close()
+        asking.dispatcher.close()

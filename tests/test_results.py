@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import highdicom as hd
@@ -19,9 +20,16 @@ from pydicom.uid import generate_uid
 from node.engine import ImageResult, StudyResult
 from node.imaging import dicom_to_unit
 from node.results.identity import AlgorithmInfo, NodeIdentity
+from node.results.order import SourcePosition
 from node.results.region import cam_region
 from node.results.sanitise import clean_source
-from node.results.sc import SC_SERIES_DESCRIPTION, build_sc, render_heatmap
+from node.results.sc import (
+    SC_SERIES_DESCRIPTION,
+    HeatmapCaption,
+    blend_heatmap,
+    build_sc,
+    render_heatmap,
+)
 from node.results.sr import UNTRAINED_TEXT, Summary, build_sr, read_summary, series_description
 from tests.factory import PATIENT_ID, dciodvfy_errors, make_radiograph, sr_validator_findings
 
@@ -310,7 +318,7 @@ def test_heatmap_rendering_keeps_the_radiograph() -> None:
     unit = np.tile(np.linspace(0, 1, 300, dtype=np.float32), (200, 1))
     cam = np.zeros((10, 10), np.float32)
     cam[4:6, 4:6] = 5.0
-    rgb = render_heatmap(unit, cam, max_side=150)
+    rgb = blend_heatmap(unit, cam, max_side=150)
     assert rgb.shape == (100, 150, 3) and rgb.dtype == np.uint8  # aspect ratio kept
     corner = rgb[:5, :5].astype(int)
     assert (corner[..., 0] == corner[..., 1]).all() and (
@@ -324,11 +332,18 @@ def test_heatmap_rendering_keeps_the_radiograph() -> None:
 
 @pytest.mark.parametrize("name", ["RG3_UNCR.dcm", None])
 def test_sc_is_valid_and_references_its_source(tmp_path: Path, name: str | None) -> None:
-    source = dcmread(get_testdata_file(name)) if name else make_radiograph(rows=120, columns=80)
+    source = (
+        dcmread(get_testdata_file(name))
+        if name
+        else make_radiograph(rows=120, columns=80, study_description="XR WRIST 2 VIEWS")
+    )
     unit = dicom_to_unit(source)
+    caption = HeatmapCaption(True, "wrist", 0.42, ALGORITHM, SourcePosition.of(source))
     source, _changes = clean_source(source)
-    rgb = render_heatmap(unit, np.random.default_rng(0).normal(size=(10, 10)).astype(np.float32))
-    assert max(rgb.shape[:2]) <= 1024
+    cam = np.random.default_rng(0).normal(size=(10, 10)).astype(np.float32)
+    rgb = render_heatmap(unit, cam, caption)
+    assert max(blend_heatmap(unit, cam).shape[:2]) <= 1024
+    created = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
     sc = build_sc(
         source,
         rgb,
@@ -338,6 +353,7 @@ def test_sc_is_valid_and_references_its_source(tmp_path: Path, name: str | None)
         instance_number=1,
         probability=0.42,
         algorithm_name="MURA DenseNet-169",
+        created=created,
     )
     path = tmp_path / "sc.dcm"
     sc.save_as(path)
@@ -346,8 +362,14 @@ def test_sc_is_valid_and_references_its_source(tmp_path: Path, name: str | None)
     assert read.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
     assert read.SeriesDescription == SC_SERIES_DESCRIPTION
     assert (
-        read.BurnedInAnnotation == "NO"
+        read.BurnedInAnnotation == "YES"
         and "not for primary diagnosis" in read.DerivationDescription
+    )
+    assert read.StudyDescription == source.StudyDescription  # copied from the cleaned source
+    local = created.astimezone()
+    assert (read.SeriesDate, read.SeriesTime) == (
+        local.strftime("%Y%m%d"),
+        local.strftime("%H%M%S"),
     )
     assert read.StudyInstanceUID == source.StudyInstanceUID and read.PatientID == source.PatientID
     reference = read.SourceImageSequence[0]

@@ -21,6 +21,9 @@ from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from node.results.gsps import build_gsps
+from node.results.identity import add_study_level
+from node.results.order import SourcePosition
 from node.results.sanitise import (
     COPIED,
     COPIED_KEYWORDS,
@@ -36,6 +39,7 @@ from node.results.sanitise import (
 )
 from node.results.sc import build_sc
 from node.results.sr import build_sr
+from node.results.summary import build_summary
 from tests.factory import make_radiograph, raw, write
 from tests.test_results import ALGORITHM, IDENTITY, result
 
@@ -274,8 +278,33 @@ def test_any_copied_value_gives_valid_results(
         probability=0.7,
         algorithm_name="MURA DenseNet-169",
     )
+    add_study_level(sr, clean, datetime.datetime.now())  # as the worker does
+    summary = build_summary(
+        [clean],
+        np.zeros((8, 8, 3), np.uint8),
+        result((0.7,)),
+        ALGORITHM,
+        IDENTITY,
+        series_instance_uid=generate_uid(),
+        sop_instance_uid=generate_uid(),
+    )
+    SourcePosition.of(read)  # what the banner shows of the source never raises either
+    gsps = build_gsps(
+        read,
+        clean,
+        np.ones((2, 2), np.float32),
+        "AI",
+        IDENTITY,
+        series_instance_uid=generate_uid(),
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+    )
+    assert gsps is not None
     sr.save_as(tmp_path / "sr.dcm")
     sc.save_as(tmp_path / "sc.dcm")
+    summary.save_as(tmp_path / "summary.dcm")
+    gsps.save_as(tmp_path / "gsps.dcm")
+    names = ("sr.dcm", "sc.dcm", "summary.dcm", "gsps.dcm")
     checks = [
         subprocess.Popen(
             ["dciodvfy", str(tmp_path / name)],
@@ -283,13 +312,13 @@ def test_any_copied_value_gives_valid_results(
             text=True,
             errors="backslashreplace",  # it prints values in the file's own character set
         )
-        for name in ("sr.dcm", "sc.dcm")
+        for name in names
     ]
-    for check, name in zip(checks, ("SR", "SC"), strict=True):
+    for check, name in zip(checks, names, strict=True):
         _, stderr = check.communicate()
         errors = [line for line in stderr.splitlines() if line.startswith("Error")]
         assert errors == [], (name, values)
-    for written in (dcmread(tmp_path / "sr.dcm"), dcmread(tmp_path / "sc.dcm")):
+    for written in map(dcmread, (tmp_path / name for name in names)):
         for keyword in TYPE2:
             assert keyword in written  # Type 2: present, if only empty
         assert written.PatientID == clean.PatientID

@@ -322,7 +322,7 @@ def test_delivered_studies_are_purged_after_the_retention_period(
         delivered = process_one_study(node, config, clock, tmp_path / "a")
         dispatcher = Dispatcher(config, clock)
         try:
-            assert dispatcher.run_once() == 2
+            assert dispatcher.run_once() == 3  # the SR, the heatmap, the summary image
         finally:
             dispatcher.close()
         assert state_of(node, delivered) == "DONE"
@@ -333,7 +333,8 @@ def test_delivered_studies_are_purged_after_the_retention_period(
         clock.advance(3600)
         node.scheduler.tick()
         files_before = sorted(p for p in node.store.root.rglob("*.dcm"))
-        assert len(files_before) == 7  # each analysed study: image, SR, heatmap; the chest image
+        # Each analysed study: image, SR, heatmap, summary image; and the chest image.
+        assert len(files_before) == 9
 
         retention = timedelta(days=7)
         assert purge_delivered(node.engine, node.store, retention, clock) == 0  # too early
@@ -347,7 +348,7 @@ def test_delivered_studies_are_purged_after_the_retention_period(
             kept = {i.file_path for i in session.scalars(select(Instance)) if i.file_path}
         assert len(kept) == 1  # the waiting study's image
         remaining = sorted(p for p in node.store.root.rglob("*.dcm"))
-        assert len(remaining) == 3  # its image, its SR and its heatmap
+        assert len(remaining) == 4  # its image, its SR, its heatmap and its summary image
     finally:
         pacs.stop()
 

@@ -1,4 +1,8 @@
-"""A real Orthanc PACS on loopback ports, for end-to-end tests and benchmarks."""
+"""A real Orthanc PACS on loopback ports, for end-to-end tests and benchmarks.
+
+Plugins (Debian ships them as shared libraries, e.g. `orthanc-dicomweb`) are loaded by name:
+`Orthanc(directory, plugins=("OrthancDicomWeb",))` serves DICOMweb under `/dicom-web/`.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,46 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tests.factory import free_port
 
+# Where Debian's and Orthanc's own packages put plugins (libNAME.so, perhaps versioned).
+PLUGIN_DIRECTORIES = (
+    Path("/usr/share/orthanc/plugins"),
+    Path("/usr/lib/orthanc"),
+    Path("/usr/local/share/orthanc/plugins"),
+)
+# A plugin's default settings for the tests: DICOMweb at /dicom-web/ as viewers expect it.
+PLUGIN_SETTINGS: dict[str, dict[str, Any]] = {
+    "OrthancDicomWeb": {"DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True}},
+}
+
+
+def plugin_path(name: str) -> Path:
+    """The shared library of the Orthanc plugin `name` (e.g. "OrthancDicomWeb").
+
+    Raises FileNotFoundError naming the Debian package to install when it is missing: a test
+    that needs a plugin fails, it does not skip."""
+    for directory in PLUGIN_DIRECTORIES:
+        for candidate in sorted(directory.glob(f"lib{name}.so*")):
+            return candidate
+    package = {"OrthancDicomWeb": "orthanc-dicomweb"}.get(name, "orthanc")
+    raise FileNotFoundError(
+        f"Orthanc plugin {name} not found in {', '.join(map(str, PLUGIN_DIRECTORIES))}: "
+        f"install the Debian package {package} (scripts/setup --dev does)"
+    )
+
 
 class Orthanc:
     def __init__(
-        self, directory: Path, ae_title: str = "ORTHANC", extra: dict[str, Any] | None = None
+        self,
+        directory: Path,
+        ae_title: str = "ORTHANC",
+        extra: dict[str, Any] | None = None,
+        plugins: Sequence[str] = (),
     ) -> None:
         self.directory = directory
         self.ae_title = ae_title
@@ -37,9 +72,10 @@ class Orthanc:
                     "RemoteAccessAllowed": False,
                     "AuthenticationEnabled": False,
                     "DicomCheckCalledAet": True,
-                    "Plugins": [],
+                    "Plugins": [str(plugin_path(name)) for name in plugins],
                     "HttpServerEnabled": True,
                     "StableAge": 60,
+                    **{k: v for name in plugins for k, v in PLUGIN_SETTINGS.get(name, {}).items()},
                     **(extra or {}),
                 }
             )

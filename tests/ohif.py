@@ -137,8 +137,9 @@ class Screen:
     text drawn over the image (an SR's first measurement); `tracked_text` and
     `measurement_rows`: the page, and the measurements panel's rows with their details, after
     tracking was accepted;
-    `errors`: uncaught exceptions ("pageerror: ...") and console errors; `screenshots`: name ->
-    PNG path."""
+    `errors`: uncaught exceptions ("pageerror: ...") and console errors; `notes`: what the
+    script did beyond the plain steps (re-rendering undrawn SR annotations); `screenshots`:
+    name -> PNG path."""
 
     text: str
     overlay: str
@@ -148,6 +149,7 @@ class Screen:
     thumbnails: list[dict[str, str]]
     errors: list[str]
     console: list[str]
+    notes: list[str]
     screenshots: dict[str, Path]
 
 
@@ -194,6 +196,7 @@ def open_in_ohif(
         thumbnails=data["thumbnails"],
         errors=data["errors"],
         console=data["console"],
+        notes=data["notes"],
         screenshots={name: out / file for name, file in data["screenshots"].items()},
     )
 

@@ -145,11 +145,15 @@ def delivered(
         node.stop()
 
 
-def saturated_fraction(png: Path) -> float:
-    """The fraction of pixels in a screenshot with strong colour (HSV saturation > 0.5 and value
-    > 0.25): zero for a grey radiograph, high where a heatmap is blended in."""
-    hsv = np.asarray(Image.open(png).convert("RGB").convert("HSV"), dtype=np.float32) / 255
-    return float(np.mean((hsv[..., 1] > 0.5) & (hsv[..., 2] > 0.25)))
+def coloured_fraction(png: Path) -> float:
+    """The fraction of pixels with colour (HSV saturation > 0.2, value > 0.25) in the middle 80 %
+    of a viewport screenshot (leaving out its border and corner icons): 0 for a grey radiograph,
+    about 0.2 for the heatmaps of this study (0.22 measured)."""
+    image = Image.open(png).convert("RGB")
+    width, height = image.size
+    middle = image.crop((width // 10, height // 10, width - width // 10, height - height // 10))
+    hsv = np.asarray(middle.convert("HSV"), dtype=np.float32) / 255
+    return float(np.mean((hsv[..., 1] > 0.2) & (hsv[..., 2] > 0.25)))
 
 
 def crash_free(screen: Screen, text: str) -> None:
@@ -168,7 +172,7 @@ def test_heatmap_sc_displays_in_ohif(delivered: Delivered, tmp_path: Path) -> No
     )
     keep_screenshots(source, "source")
     crash_free(source, source.text)
-    assert saturated_fraction(source.screenshots["viewport"]) < 0.01
+    assert coloured_fraction(source.screenshots["viewport"]) < 0.001
 
     sc_series = int(delivered.scs[0].SeriesNumber)
     screen = open_in_ohif(delivered.viewer_url, delivered.study_uid, sc_series, tmp_path / "sc")
@@ -180,21 +184,21 @@ def test_heatmap_sc_displays_in_ohif(delivered: Delivered, tmp_path: Path) -> No
     # colour.
     assert str(delivered.scs[0].SeriesDescription) in screen.overlay, screen.overlay
     assert re.search(r"\bI:\s*1\b", screen.overlay), screen.overlay
-    assert saturated_fraction(screen.screenshots["viewport"]) > 0.02
+    assert coloured_fraction(screen.screenshots["viewport"]) > 0.05
 
 
 def test_sr_regions_and_labels_in_ohif(delivered: Delivered, tmp_path: Path) -> None:
-    """The SR opens without error; its first region is drawn on its image with the probability
-    and the finding site; after "continue tracking? Yes" the measurements panel lists one region
-    per image (series and instance number) with the image's finding and the finding site.
+    """The SR opens without error; its first region is drawn on its image with a probability
+    and the finding site; after "continue tracking measurements? Yes" the measurements panel
+    lists one region per image (series and instance number) with the finding and finding site.
 
-    What OHIF 3.13 reads (extensions/cornerstone-dicom-sr): each TID 1501/1410 group of the
-    Imaging Measurements is a measurement; a group without a SCOORD crashes the viewer. Over the
-    image it writes a TID 1410 group's NUMs as "<concept meaning>: <value to 2 places> <unit
-    code>" and its SCT finding site as "363698007: <meaning>". Tracking converts each region into
-    a Cornerstone tool with the dcmjs adapter, which takes the region from the group's first
-    NUM (INFERRED FROM SCOORD), and the panel row shows the Finding (121071) meaning and the
-    finding sites; the probability is not shown there (the row shows the tool's own statistics).
+    How OHIF 3.13 shows an SR (extensions/cornerstone-dicom-sr; docs/results.md has the whole
+    story): every Measurement Group needs a SCOORD, or the viewport crashes ("Something went
+    wrong"). Over the image it writes a measurement's NUMs as "<meaning>: <value to 2 places>
+    <unit code value>" and its SCT finding site as "363698007: <meaning>". Tracking turns each
+    region group into a Cornerstone tool (the dcmjs adapter takes the region from the group's
+    first NUM if it has one, so a region group with a NUM does not hydrate); its panel row then
+    shows the Finding (121071) meaning and the finding site, not the probability.
     """
     screen = open_in_ohif(
         delivered.viewer_url,
@@ -227,11 +231,11 @@ def assert_sr_on_screen(screen: Screen, sources: list[Dataset], result: StudyRes
     ), screen.annotation_lines
 
     crash_free(screen, screen.tracked_text)
-    for source, image in zip(sources, result.images, strict=True):
+    finding = "Abnormal" if result.abnormal else "Normal"  # each image's region: the study's
+    for source in sources:
         where = f"S: {source.SeriesNumber} I: {source.InstanceNumber}"
         rows = [row for row in screen.measurement_rows if row.splitlines()[-1] == where]
         assert len(rows) == 1, (where, screen.measurement_rows)
         lines = rows[0].splitlines()
-        finding = "Abnormal" if image.probability > result.threshold else "Normal"
-        assert finding in lines, (finding, image.probability, result.threshold, rows[0])
+        assert finding in lines, (finding, rows[0])
         assert any("wrist" in line.lower() for line in lines), rows[0]

@@ -46,10 +46,12 @@ const browser = await chromium.launch({
     '--disable-component-update',
     '--disable-sync',
     '--no-first-run',
+    '--disable-dev-shm-usage', // containers' small /dev/shm crashes renderers otherwise
   ],
 });
 const errors = [];
 const consoleLines = [];
+const notes = []; // what the script did beyond the plain steps
 const screenshots = {};
 try {
   const page = await browser.newPage({ viewport: { width: WIDTH, height: HEIGHT } });
@@ -76,14 +78,14 @@ try {
     // text (its arrows cannot reach measurements on other images of a CR series, each of
     // which is a display set of its own), or a crash notice.
     const drawn = [`${PANE} svg text`, `text=${CRASH}`];
-    if (!(await waitForAny(page, drawn, 10_000))) {
-      // OHIF 3.13 sometimes adds the SR's annotations after the viewport's last render (seen
-      // about once in six runs): they exist but stay undrawn until the viewport renders
-      // again, as it does on any interaction. Resizing the window by a pixel renders it.
-      console.error("SR annotations not drawn after 10 s: resizing the window");
+    // OHIF 3.13 often adds the SR's annotations after the viewport's last render: they exist
+    // (in cornerstoneTools' annotation state, on the image shown) but stay undrawn until the
+    // viewport renders again, as it does on any interaction. Resizing the window by a pixel
+    // renders it; try that a few times before giving up (the caller then sees no text).
+    for (let attempt = 0; attempt < 6 && !(await waitForAny(page, drawn, 10_000)); attempt++) {
+      notes.push(`SR annotations not drawn after ${10 * (attempt + 1)} s: window resized`);
       await page.setViewportSize({ width: WIDTH - 1, height: HEIGHT });
       await page.setViewportSize({ width: WIDTH, height: HEIGHT });
-      await waitForAny(page, drawn);
     }
   }
   await settle(page);
@@ -130,6 +132,7 @@ try {
     ),
     errors,
     console: consoleLines,
+    notes,
     screenshots,
   };
   writeFileSync(join(args.out, 'screen.json'), JSON.stringify(report, null, 1));

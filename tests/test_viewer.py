@@ -2,8 +2,10 @@
 
 storescu -> node -> worker -> dispatcher -> Orthanc (with its DICOMweb plugin), then OHIF 3.13
 (`tests/viewer/`, pinned with package-lock.json) opens the study in Debian's Chromium, driven by
-playwright-core, and a series is opened by double-clicking its thumbnail. Screenshots are kept
-under the test's tmp_path, and copied to $MURA_VIEWER_SCREENSHOTS when that is set.
+playwright-core, and a series is opened by double-clicking its thumbnail: the heatmaps and the
+summary image must display, their burned-in text legible on screen (Tesseract), and the SR must
+open without error with its regions, probability and finding. Screenshots are kept under the
+test's tmp_path, and copied to $MURA_VIEWER_SCREENSHOTS when that is set.
 
 The study: two views of a real CR from pydicom-data (`RG3_UNCR.dcm`, a lower leg, MONOCHROME1,
 10 bits), downsampled to 440 x 440 and sent as a wrist study; the model is untrained.
@@ -12,6 +14,8 @@ The study: two views of a real CR from pydicom-data (`RG3_UNCR.dcm`, a lower leg
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,6 +32,8 @@ from node.config import Destination, ModelConfig
 from node.dispatch import Dispatcher
 from node.engine import InferenceEngine, StudyResult
 from node.imaging import dicom_file_to_tensor
+from node.results.sc import SC_SERIES_DESCRIPTION
+from node.results.summary import SUMMARY_SERIES_DESCRIPTION
 from node.service import Node
 from node.worker import Worker
 from tests.conftest import FakeClock, node_config
@@ -52,7 +58,8 @@ class Delivered:
     source_series_number: int
     sources: list[Dataset]  # headers of the images sent, in instance order
     sr: Dataset  # the SR as Orthanc holds it
-    scs: list[Dataset]  # the SCs as Orthanc holds them
+    scs: list[Dataset]  # the heatmap SCs as Orthanc holds them, in instance order
+    summary: Dataset  # the summary SC as Orthanc holds it
     result: StudyResult  # what the engine says about the sources, in instance order
 
 
@@ -128,7 +135,12 @@ def delivered(
                 copy = root / f"{instance_id}.dcm"
                 copy.write_bytes(orthanc.file(instance_id))
                 by_class[tags["SOPClassUID"]].append(dcmread(copy))
-        assert len(by_class[SR_CLASS]) == 1 and len(by_class[SC_CLASS]) == len(files)
+        heatmaps = [
+            ds for ds in by_class[SC_CLASS] if ds.SeriesDescription == SC_SERIES_DESCRIPTION
+        ]
+        summaries = [ds for ds in by_class[SC_CLASS] if ds not in heatmaps]
+        assert len(by_class[SR_CLASS]) == 1 and len(heatmaps) == len(files), by_class
+        assert [ds.SeriesDescription for ds in summaries] == [SUMMARY_SERIES_DESCRIPTION]
         tensors = [dicom_file_to_tensor(path) for path in files]
         yield Delivered(
             viewer_url=viewer.url,
@@ -136,7 +148,8 @@ def delivered(
             source_series_number=1,
             sources=sources,
             sr=by_class[SR_CLASS][0],
-            scs=sorted(by_class[SC_CLASS], key=lambda ds: int(ds.InstanceNumber)),
+            scs=sorted(heatmaps, key=lambda ds: int(ds.InstanceNumber)),
+            summary=summaries[0],
             result=engine.predict_studies([("wrist", tensors)])[0],
         )
     finally:
@@ -154,6 +167,16 @@ def coloured_fraction(png: Path) -> float:
     middle = image.crop((width // 10, height // 10, width - width // 10, height - height // 10))
     hsv = np.asarray(middle.convert("HSV"), dtype=np.float32) / 255
     return float(np.mean((hsv[..., 1] > 0.2) & (hsv[..., 2] > 0.25)))
+
+
+def ocr(png: Path) -> str:
+    """The text Tesseract reads from a screenshot's luminance, white space collapsed."""
+    assert shutil.which("tesseract"), "tesseract-ocr is not installed (scripts/setup --dev)"
+    gray = png.with_name(f"{png.stem}-gray.png")
+    Image.open(png).convert("L").save(gray)
+    read = subprocess.run(["tesseract", str(gray), "-"], capture_output=True, text=True)
+    assert read.returncode == 0, read.stderr
+    return re.sub(r"\s+", " ", read.stdout)
 
 
 def crash_free(screen: Screen, text: str) -> None:
@@ -185,6 +208,26 @@ def test_heatmap_sc_displays_in_ohif(delivered: Delivered, tmp_path: Path) -> No
     assert str(delivered.scs[0].SeriesDescription) in screen.overlay, screen.overlay
     assert re.search(r"\bI:\s*1\b", screen.overlay), screen.overlay
     assert coloured_fraction(screen.screenshots["viewport"]) > 0.05
+    # Its banner is legible as OHIF shows it: the warning, the study's finding, the image's
+    # probability (image 1 of the source series).
+    text = ocr(screen.screenshots["viewport"])
+    result = delivered.result
+    assert "UNTRAINED MODEL - NOT FOR DIAGNOSIS" in text, text
+    assert re.search(rf"\b{'ABNORMAL' if result.abnormal else 'NORMAL'}\b", text), text
+    assert f"probability {result.images[0].probability:.3f}" in text, text
+    assert "NOT FOR PRIMARY DIAGNOSIS" in text, text
+
+
+def test_summary_image_displays_in_ohif(delivered: Delivered, tmp_path: Path) -> None:
+    series = int(delivered.summary.SeriesNumber)
+    screen = open_in_ohif(delivered.viewer_url, delivered.study_uid, series, tmp_path / "summary")
+    keep_screenshots(screen, "summary")
+    crash_free(screen, screen.text)
+    assert str(delivered.summary.SeriesDescription) in screen.overlay, screen.overlay
+    assert coloured_fraction(screen.screenshots["viewport"]) > 0.01  # the heatmap thumbnails
+    text = ocr(screen.screenshots["viewport"])
+    assert "UNTRAINED" in text, text
+    assert f"probability {delivered.result.probability:.3f}" in text, text
 
 
 def test_sr_regions_and_labels_in_ohif(delivered: Delivered, tmp_path: Path) -> None:

@@ -246,15 +246,19 @@ def patient_sex(value: Any, _codec: str = "ascii") -> str:
 _AXES = ("AP", "RL", "HF")
 
 
-def patient_orientation(value: Any, _codec: str = "ascii") -> list[str]:
-    """PatientOrientation: two values, each one to three of A P R L H F, one per axis, the row's
-    and the column's first letters on different axes (C.7.6.1.1.1)."""
+def _pair(value: Any) -> list[str]:
+    """The two values of a VM 2 attribute, stripped; Invalid for any other number."""
     values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
     if len(values) != 2:
         raise Invalid("not two values")
+    return [str(item).strip(" \x00") for item in values]
+
+
+def patient_orientation(value: Any, _codec: str = "ascii") -> list[str]:
+    """PatientOrientation: two values, each one to three of A P R L H F, one per axis, the row's
+    and the column's first letters on different axes (C.7.6.1.1.1)."""
     result = []
-    for item in values:
-        text = str(item).strip(" \x00")
+    for text in _pair(value):
         if not re.fullmatch(r"[APRLHF]{1,3}", text) or any(
             sum(letter in axis for letter in text) > 1 for axis in _AXES
         ):
@@ -271,12 +275,8 @@ def _axis(letter: str) -> str:
 
 def pixel_spacing(value: Any, _codec: str = "ascii") -> list[str]:
     """ImagerPixelSpacing: two positive, finite DS values (mm); a decimal comma is not guessed at."""
-    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
-    if len(values) != 2:
-        raise Invalid("not two values")
     result = []
-    for item in values:
-        text = str(item).strip(" \x00")
+    for text in _pair(value):
         _pydicom_check("DS", text)
         number = float(text)
         if not (0 < number < float("inf")):

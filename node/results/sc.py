@@ -160,7 +160,45 @@ def build_sc(
     source's own pixels, which may carry the modality's burned-in annotation; YES makes
     de-identification tools treat the image with the care its source needs."""
     orientation = source.get("PatientOrientation")
-    laterality = str(source.get("ImageLaterality") or source.get("Laterality") or "").strip()
+    sc = rgb_secondary_capture(
+        source,
+        rgb,
+        identity,
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+        laterality=str(source.get("ImageLaterality") or source.get("Laterality") or ""),
+        series_description=SC_SERIES_DESCRIPTION,
+    )
+    sc.PatientOrientation = list(orientation) if orientation else ""  # type: ignore[assignment]
+    sc.DerivationDescription = (
+        f"Class activation map of {algorithm_name} (probability {probability:.3f}) blended over "
+        "the windowed source image, with a burned-in banner; AI rendering, not for primary "
+        "diagnosis"
+    )[:1024]
+    sc.SourceImageSequence = [source_reference(source)]
+    add_study_level(sc, source, created or datetime.now())
+    return sc
+
+
+def rgb_secondary_capture(
+    source: Dataset,
+    rgb: np.ndarray,
+    identity: NodeIdentity,
+    *,
+    series_instance_uid: str,
+    series_number: int,
+    sop_instance_uid: str,
+    instance_number: int,
+    laterality: str,
+    series_description: str,
+) -> SCImage:
+    """An RGB Secondary Capture (``rgb`` (H, W, 3) uint8) filed with the cleaned ``source``'s
+    patient and study: the node as manufacturer, ImageType DERIVED\\SECONDARY, BurnedInAnnotation
+    YES, Laterality L or R (else empty, Type 2C), PatientOrientation empty (Type 2C; callers that
+    know one set it), the source's BodyPartExamined."""
+    laterality = laterality.strip()
     sc = SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=rgb,
@@ -172,26 +210,19 @@ def build_sc(
         sop_instance_uid=sop_instance_uid,
         instance_number=instance_number,
         manufacturer=identity.manufacturer,
-        # highdicom insists on an orientation of single letters; the source's own (compound
-        # letters included) or nothing (PatientOrientation is Type 2: empty) is set below.
+        # highdicom insists on an orientation of single letters: emptied below, and set by the
+        # caller from the source's own (compound letters included) where there is one.
         patient_orientation=("A", "F"),
         laterality=laterality if laterality in ("L", "R") else None,
     )
-    sc.PatientOrientation = list(orientation) if orientation else ""  # type: ignore[assignment]
+    sc.PatientOrientation = ""  # type: ignore[assignment]
     if laterality not in ("L", "R"):
         sc.Laterality = ""  # Type 2C for paired body parts: present, unknown
-    sc.SeriesDescription = SC_SERIES_DESCRIPTION
+    sc.SeriesDescription = series_description
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BurnedInAnnotation = "YES"
-    sc.DerivationDescription = (
-        f"Class activation map of {algorithm_name} (probability {probability:.3f}) blended over "
-        "the windowed source image, with a burned-in banner; AI rendering, not for primary "
-        "diagnosis"
-    )[:1024]
     sc.ManufacturerModelName = identity.model_name
     sc.SoftwareVersions = identity.software_version
     if source.get("BodyPartExamined"):
         sc.BodyPartExamined = source.BodyPartExamined
-    sc.SourceImageSequence = [source_reference(source)]
-    add_study_level(sc, source, created or datetime.now())
     return sc

@@ -35,6 +35,7 @@ from node.results.sc import (
     NOT_FOR_DIAGNOSIS,
     SCALE_LABEL,
     UNTRAINED_BANNER,
+    rgb_secondary_capture,
     scale_colours,
     source_reference,
 )
@@ -165,36 +166,23 @@ def build_summary(
         str(s.get("ImageLaterality") or s.get("Laterality") or "").strip() for s in sources
     }
     laterality = lateralities.pop() if len(lateralities) == 1 else ""
-    sc = SCImage.from_ref_dataset(
-        ref_dataset=first,
-        pixel_array=rgb,
-        photometric_interpretation="RGB",
-        bits_allocated=8,
-        coordinate_system="PATIENT",
+    sc = rgb_secondary_capture(
+        first,
+        rgb,
+        identity,
         series_instance_uid=series_instance_uid,
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,
         instance_number=1,
-        manufacturer=identity.manufacturer,
-        patient_orientation=("A", "F"),  # highdicom insists; emptied below
-        laterality=laterality if laterality in ("L", "R") else None,
+        laterality=laterality,  # a page of thumbnails has no patient orientation
+        series_description=SUMMARY_SERIES_DESCRIPTION,
     )
-    sc.PatientOrientation = ""  # type: ignore[assignment]  # Type 2C: a page of thumbnails has no patient orientation
-    if laterality not in ("L", "R"):
-        sc.Laterality = ""
-    sc.SeriesDescription = SUMMARY_SERIES_DESCRIPTION
-    sc.ImageType = ["DERIVED", "SECONDARY"]
-    sc.BurnedInAnnotation = "YES"
     finding = "abnormal" if result.abnormal else "normal"
     sc.DerivationDescription = (
         f"Summary of {algorithm.display_name}: study {finding}, probability "
         f"{result.probability:.3f}, threshold {result.threshold:.3f}, {len(sources)} images with "
         "their class activation maps; AI rendering, not for primary diagnosis"
     )[:1024]
-    sc.ManufacturerModelName = identity.model_name
-    sc.SoftwareVersions = identity.software_version
-    if first.get("BodyPartExamined"):
-        sc.BodyPartExamined = first.BodyPartExamined
     sc.SourceImageSequence = [source_reference(source) for source in sources]
     add_study_level(sc, first, created or datetime.now())
     return sc

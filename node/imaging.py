@@ -43,12 +43,9 @@ images are converted to RGB first, like PIL's ``convert("RGB")`` that MURA repro
 
 from __future__ import annotations
 
-import io
 import itertools
 import struct
-import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -56,11 +53,12 @@ import torch.nn.functional as F
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import get_frame
-from pydicom.filereader import read_dataset, read_file_meta_info
+from pydicom.filereader import read_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi, pixel_array
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, RLELossless
 
+from node.deflate import HEADER_BYTES, DeflatedReader
 from node.errors import UndecodableImage
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -71,9 +69,7 @@ PERCENTILES = (0.5, 99.5)
 PERCENTILE_SAMPLE = 250_000
 # A deflated data set is inflated in two steps: this much to read its header (and so the size of
 # its image), then at most the header, the image's bytes and this slack.
-DEFLATED_HEADER_BYTES = 4 * 1024 * 1024
 DEFLATED_SLACK_BYTES = 1024 * 1024
-_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 
 
 def dicom_to_unit(ds: Dataset, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -323,27 +319,11 @@ def read_dicom(path: Path, max_pixels: int = MAX_PIXELS) -> Dataset:
 
 def _read_deflated(path: Path, meta: FileMetaDataset, max_pixels: int) -> Dataset:
     """pydicom inflates a deflated data set whole, however large it inflates (a deflate bomb of
-    a few megabytes becomes gigabytes). Here: inflate enough to read the header, work out how
-    many bytes its image has, and refuse a data set that inflates to more."""
-    with path.open("rb") as fp:
-        _skip_file_meta(fp)
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        inflated = bytearray()
-
-        def inflate_to(limit: int) -> None:
-            while len(inflated) < limit and not inflater.eof:
-                data = inflater.unconsumed_tail or fp.read(1 << 20)
-                if not data:
-                    return
-                inflated.extend(inflater.decompress(data, limit - len(inflated)))
-
-        inflate_to(DEFLATED_HEADER_BYTES)
-        header = read_dataset(
-            io.BytesIO(bytes(inflated)),
-            False,
-            True,
-            stop_when=lambda tag, _vr, _length: int(tag) in _PIXEL_TAGS,
-        )
+    a few megabytes becomes gigabytes). Here (node/deflate.py): inflate enough to read the
+    header, work out how many bytes its image has, and refuse a data set that inflates to more."""
+    with DeflatedReader(path) as reader:
+        reader.inflate_to(HEADER_BYTES)
+        header = reader.dataset(stop_before_pixels=True)
         rows, columns, frames = _image_size(header)
         if rows * columns * max(frames, 1) > max_pixels:
             raise UndecodableImage(
@@ -352,35 +332,17 @@ def _read_deflated(path: Path, meta: FileMetaDataset, max_pixels: int) -> Datase
         samples = min(max(_integer(header, "SamplesPerPixel", 1), 1), 4)
         bytes_per_sample = min(max(-(-_integer(header, "BitsAllocated", 16) // 8), 1), 8)
         image_bytes = max(rows, 0) * max(columns, 0) * max(frames, 1) * samples * bytes_per_sample
-        limit = DEFLATED_HEADER_BYTES + image_bytes + DEFLATED_SLACK_BYTES
-        inflate_to(limit + 1)
-        if len(inflated) > limit:
+        limit = HEADER_BYTES + image_bytes + DEFLATED_SLACK_BYTES
+        reader.inflate_to(limit + 1)
+        if len(reader.inflated) > limit:
             raise UndecodableImage(
                 f"deflated data set inflates to more than {limit} bytes, more than its "
                 f"{rows} x {columns} image needs"
             )
-    ds = read_dataset(io.BytesIO(bytes(inflated)), False, True)
+        ds = reader.dataset()
     ds.file_meta = meta
     ds.set_original_encoding(False, True)
     return ds
-
-
-def _skip_file_meta(fp: BinaryIO) -> None:
-    """Position ``fp`` after the preamble, the DICM prefix and the File Meta group (0002)."""
-    fp.seek(132)
-    long_length = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN"}
-    long_length |= {b"UR", b"UT", b"UV"}
-    while True:
-        start = fp.tell()
-        head = fp.read(8)
-        if len(head) < 8 or struct.unpack("<H", head[:2])[0] != 0x0002:
-            fp.seek(start)
-            return
-        if head[4:6] in long_length:
-            length = struct.unpack("<L", fp.read(4))[0]
-        else:
-            length = struct.unpack("<H", head[6:8])[0]
-        fp.seek(length, 1)
 
 
 def dicom_file_to_tensor(

@@ -44,7 +44,7 @@ from typing import Any, cast
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.filereader import _read_file_meta_info, read_dataset, read_file_meta_info
+from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
@@ -56,6 +56,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from node import metrics
 from node.config import DicomConfig
+from node.deflate import read_deflated_header, skip_file_meta
 from node.eligibility import coded_region
 from node.errors import (
     DatasetMismatch,
@@ -78,8 +79,6 @@ MISMATCH = 0xA900
 CANNOT_PARSE = 0xC000
 BAD_IDENTIFIER = 0xC001
 
-DEFLATED_HEADER_BYTES = 16 * 1024 * 1024
-_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _ANATOMIC_REGION_SEQUENCE = 0x00082218
 _STUDY_INSTANCE_UID_TAG = 0x0020000D
 PARTIAL_HEADER_BYTES = 256 * 1024  # read of a data set in flight, to find its StudyInstanceUID
@@ -159,26 +158,11 @@ def anatomic_region(ds: Dataset) -> str | None:
 def _read_header_dataset(path: Path) -> Dataset:
     """The data set up to its pixel data. pydicom inflates a deflated data set whole before it
     reads an element (a deflate bomb of a few hundred kilobytes is gigabytes); here only the
-    first DEFLATED_HEADER_BYTES are inflated, enough for any header."""
+    first deflate.HEADER_BYTES are inflated, enough for any header (node/deflate.py)."""
     meta = read_file_meta_info(path)
     if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         return dcmread(path, stop_before_pixels=True)
-    with path.open("rb") as fp:
-        fp.seek(128 + 4)  # preamble and "DICM"
-        _read_file_meta_info(fp)  # leaves fp at the data set
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        inflated = bytearray()
-        while len(inflated) < DEFLATED_HEADER_BYTES and not inflater.eof:
-            data = inflater.unconsumed_tail or fp.read(1 << 20)
-            if not data:
-                break
-            inflated += inflater.decompress(data, DEFLATED_HEADER_BYTES - len(inflated))
-    return read_dataset(
-        io.BytesIO(bytes(inflated)),
-        False,
-        True,
-        stop_when=lambda tag, _vr, _length: tag in _PIXEL_TAGS,
-    )
+    return read_deflated_header(path)
 
 
 def study_of_partial_data_set(path: Path) -> str | None:
@@ -191,9 +175,9 @@ def study_of_partial_data_set(path: Path) -> str | None:
     the element after StudyInstanceUID has begun to arrive (so the value is whole), else None:
     not arrived yet, no such element, not a UID, or anything unreadable. Never raises."""
     try:
+        meta = read_file_meta_info(path)
         with path.open("rb") as fp:
-            fp.seek(128 + 4)  # preamble and "DICM"
-            meta = _read_file_meta_info(fp)
+            skip_file_meta(fp)
             body = fp.read(PARTIAL_HEADER_BYTES)
         syntax = UID(meta.TransferSyntaxUID)
         if syntax == DeflatedExplicitVRLittleEndian:

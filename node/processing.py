@@ -25,6 +25,9 @@ from node.db import Dispatch, Instance, Result, Study, StudyEvent, StudyState
 from node.profiles import Role
 from node.repository import ClaimedStudy, Clock, utcnow
 
+# The event a study's history gets each time its worker died on it; counted for max_crashes.
+RECLAIMED_EVENT = "reclaimed"
+
 
 @dataclass(frozen=True)
 class StudyImage:
@@ -158,20 +161,17 @@ class ProcessingRepository:
     def reclaim_expired(self, now: datetime | None = None) -> int:
         """Studies whose worker's lease ran out (it died, or its machine did) go back to READY."""
         now = now or self.clock()
-        return self._release(
-            (Study.lease_expires_at < now,), now, "reclaimed", "worker lease expired"
-        )
+        return self._release((Study.lease_expires_at < now,), now, "worker lease expired")
 
     def reclaim_dead_worker(self, worker_prefix: str, exit_description: str) -> int:
         """Studies held by a worker process known to have died go back to READY at once."""
         return self._release(
             (Study.claimed_by.startswith(worker_prefix, autoescape=True),),
             self.clock(),
-            "reclaimed",
             f"worker process {exit_description}",
         )
 
-    def _release(self, where: tuple[Any, ...], now: datetime, event: str, detail: str) -> int:
+    def _release(self, where: tuple[Any, ...], now: datetime, detail: str) -> int:
         """Return PROCESSING studies matching ``where`` to READY, or end them FAILED when their
         workers have now died ``max_crashes`` times on them (an image that crashes a decoder
         must not take every worker down in turn, for ever)."""
@@ -186,7 +186,7 @@ class ProcessingRepository:
                     session.scalar(
                         select(func.count())
                         .select_from(StudyEvent)
-                        .where(StudyEvent.study_id == study_id, StudyEvent.event == event)
+                        .where(StudyEvent.study_id == study_id, StudyEvent.event == RECLAIMED_EVENT)
                     )
                     or 0
                 )
@@ -208,7 +208,9 @@ class ProcessingRepository:
                     .where(Study.id == study_id, Study.state == StudyState.PROCESSING)
                     .values(**values)
                 )
-                session.add(StudyEvent(study_id=study_id, at=now, event=event, detail=detail))
+                session.add(
+                    StudyEvent(study_id=study_id, at=now, event=RECLAIMED_EVENT, detail=detail)
+                )
                 if values["state"] == StudyState.FAILED:
                     session.add(
                         StudyEvent(

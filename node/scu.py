@@ -65,30 +65,26 @@ def requested_contexts(find: bool) -> list[PresentationContext]:
     return [build_context(uid, list(RESULT_TRANSFER_SYNTAXES)) for uid in classes]
 
 
-class _Socket(socket.socket):
+class _RemembersConnectError:
+    """A socket mixin that remembers why connect() failed (for TLS, connect() includes the
+    handshake)."""
+
+    connect_error: OSError | None = None
+
+    def connect(self, address: Any) -> None:
+        try:
+            super().connect(address)  # type: ignore[misc]
+        except OSError as exc:
+            self.connect_error = exc
+            raise
+
+
+class _Socket(_RemembersConnectError, socket.socket):
     """A TCP socket that remembers why connect() failed."""
 
-    connect_error: OSError | None = None
 
-    def connect(self, address: Any) -> None:
-        try:
-            super().connect(address)
-        except OSError as exc:
-            self.connect_error = exc
-            raise
-
-
-class _TLSSocket(ssl.SSLSocket):
-    """The same for TLS, where connect() includes the handshake."""
-
-    connect_error: OSError | None = None
-
-    def connect(self, address: Any) -> None:
-        try:
-            super().connect(address)
-        except OSError as exc:
-            self.connect_error = exc
-            raise
+class _TLSSocket(_RemembersConnectError, ssl.SSLSocket):
+    """The same for TLS."""
 
 
 class _AssociationSocket(AssociationSocket):

@@ -29,8 +29,8 @@ from node.eligibility import (
     decide_eligibility,
 )
 from node.errors import ProfileError
+from node.headers import anatomic_region, read_header
 from node.profiles import CODED_FIELD, TEXT_FIELDS, Vocabulary, load_vocabulary
-from node.scp import anatomic_region, read_header
 from tests.factory import make_radiograph, write
 
 HEADINGS = ("no_study_type", "not_upper_extremity")

@@ -69,8 +69,8 @@ from sqlalchemy.orm import Session
 from node.db import IngestRejection, Instance, Study
 from node.engine import DicomPreprocessor, InferenceEngine
 from node.errors import DatasetMismatch, UndecodableImage, UnreadableDataset
+from node.headers import Header, header_of
 from node.model import MuraDenseNet
-from node.scp import Header, header_of
 from node.service import Node
 from node.worker import Worker
 from tests.conftest import FakeClock, node_config

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pydicom.filereader import _read_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from node.scp import study_of_partial_data_set
+from node.headers import study_of_partial_data_set
 from tests.factory import make_radiograph
 
 

@@ -1,27 +1,13 @@
 """The receiving application entity: C-ECHO and C-STORE over pynetdicom.
 
-C-STORE statuses (also in docs/ingest.md):
-
-======  ============================================================================
-0x0000  stored durably (file fsynced and linked, directory fsynced, row committed), or a byte-identical re-send,
-        or an object of an ignored SOP class (recorded, bytes not kept)
-0xA700  out of resources: the data set is larger than ``dicom.max_dataset_bytes``, the data
-        directory's free space is below ``storage.min_free_bytes``, or the file or its database row
-        could not be made durable (nothing kept in any case)
-0xA900  the data set's SOPClassUID / SOPInstanceUID differ from the C-STORE request
-0xC000  the data set cannot be parsed
-0xC001  a required identifier (Study, Series or SOP Instance UID in the data set, or the
-        request's Affected SOP Class or Instance UID: node/scp_requests.py) is missing or not a UID
-======  ============================================================================
-
-The handler parses the header only (``stop_before_pixels``): no pixel decoding, no inference.
-Data sets are received with pynetdicom's streamed mode (``STORE_RECV_CHUNKED_DATASET``), which
-writes the incoming bytes to a temporary file instead of memory, so a large image is never held
-whole in memory; the store then adopts that file (see node/storage.py).
+This module is the server: the AE and its presentation contexts, the association events (peer
+address checks, partial data sets removed on abort), a threaded server whose TLS handshakes run
+off the accepting thread, and a graceful stop. Each C-STORE goes to node/store_handler.py, whose
+docstring lists the statuses (also in docs/ingest.md). What the node changes in pynetdicom:
+node/pynetdicom_patches.py.
 
 While a data set is still arriving, ``StoreSCP.studies_in_flight`` tells which study it belongs
-to (read from the part already received), so that node/holds.py can keep that study from
-completing before the image is stored. Reading headers, whole or in part: node/headers.py.
+to, so that node/holds.py can keep that study from completing before the image is stored.
 """
 
 from __future__ import annotations
@@ -33,262 +19,38 @@ import socketserver
 import ssl
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from pydicom.dataset import Dataset
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
-from sqlalchemy.exc import SQLAlchemyError
+from pynetdicom.transport import ThreadedAssociationServer
 
-from node import metrics
 from node.config import DicomConfig
-from node.errors import (
-    DatasetMismatch,
-    InvalidIdentifier,
-    ListenError,
-    OutOfResources,
-    UnreadableDataset,
+from node.errors import ListenError
+from node.profiles import StorageProfile
+from node.pynetdicom_patches import (
+    PreparingRequestHandler,
+    bound_pdu_reads,
+    discard_partial_data_set,
+    register_server,
+    set_idle_sleep,
+    stream_data_sets_to_disk,
 )
-from node.headers import Header, header_of, study_of_partial_data_set
-from node.profiles import Role, StorageProfile
-from node.repository import IngestOutcome, InstanceRecord, Repository
-from node.scp_requests import check_requests, request_problem
-from node.storage import FileStore
+from node.scp_requests import check_requests
+from node.store_handler import StoreHandler
 from node.tls import server_context
 
-log = logging.getLogger(__name__)
+__all__ = ["AssociationServer", "StoreHandler", "StoreSCP", "build_ae"]
 
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-MISMATCH = 0xA900
-CANNOT_PARSE = 0xC000
-BAD_IDENTIFIER = 0xC001
+log = logging.getLogger(__name__)
 
 MIN_PDU_LIMIT = 1 << 20
 
 
-@dataclass
-class _Transfer:
-    """What the node knows about the data sets of one association."""
-
-    last_study: str | None = None  # StudyInstanceUID of the last instance stored on it
-    storing: str | None = None  # that of the data set the C-STORE handler is storing now
-
-
-class Transfers:
-    """Which studies have a data set in flight, over the associations of one SCP.
-
-    A data set is in flight from its first P-DATA fragment until the C-STORE handler has answered
-    it. Its study is the StudyInstanceUID in the part received so far; until that part holds it
-    (the first fragments), that of the last instance stored on the same association.
-
-    Relies on pynetdicom 3.0.4: ``assoc.dimse.message`` is the DIMSE message being assembled from
-    P-DATA (``DIMSEServiceProvider.receive_primitive``), not None from its first fragment until the
-    last one has been decoded; with ``_config.STORE_RECV_CHUNKED_DATASET`` a C-STORE-RQ's data set
-    is written, as it arrives, to the temporary file ``message._data_set_path`` (File Meta first).
-    The complete message then waits in the association's queue (milliseconds) for EVT_C_STORE,
-    whose handler reports here what it stores (``storing``, ``stored``, ``finished``)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_association: weakref.WeakKeyDictionary[Association, _Transfer] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    def _transfer(self, assoc: Association) -> _Transfer:
-        transfer = self._by_association.get(assoc)
-        if transfer is None:
-            transfer = self._by_association[assoc] = _Transfer()
-        return transfer
-
-    def storing(self, assoc: Association, study_instance_uid: str) -> None:
-        with self._lock:
-            self._transfer(assoc).storing = study_instance_uid
-
-    def stored(self, assoc: Association, study_instance_uid: str) -> None:
-        with self._lock:
-            self._transfer(assoc).last_study = study_instance_uid
-
-    def finished(self, assoc: Association) -> None:
-        with self._lock:
-            self._transfer(assoc).storing = None
-
-    def studies_in_flight(self, associations: Iterable[Association]) -> set[str]:
-        """The StudyInstanceUIDs of the data sets in flight on ``associations`` (an idle
-        association contributes nothing)."""
-        found = set()
-        for assoc in associations:
-            with self._lock:
-                transfer = self._transfer(assoc)
-                storing, last = transfer.storing, transfer.last_study
-            message = getattr(getattr(assoc, "dimse", None), "message", None)
-            if storing is not None:
-                found.add(storing)
-            if message is not None:  # the next data set may arrive while the handler stores
-                path = getattr(message, "_data_set_path", None)
-                study = None if path is None else study_of_partial_data_set(Path(path))
-                if study or last:
-                    found.add(cast(str, study or last))
-        return found
-
-
-class StoreHandler:
-    """EVT_C_STORE: durable store, then database row, then success; statuses for everything else."""
-
-    def __init__(
-        self,
-        store: FileStore,
-        repository: Repository,
-        profile: StorageProfile,
-        threads: int = 16,
-        *,
-        max_dataset_bytes: int = 0,
-        min_free_bytes: int = 0,
-    ) -> None:
-        self.store = store
-        self.repository = repository
-        self.profile = profile
-        self.max_dataset_bytes = max_dataset_bytes
-        self.min_free_bytes = min_free_bytes
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="durable")
-        self.transfers = Transfers()
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True)
-
-    def __call__(self, event: evt.Event) -> Dataset:
-        try:
-            return self._answer(event)
-        finally:
-            self.transfers.finished(event.assoc)
-
-    def _answer(self, event: evt.Event) -> Dataset:
-        calling = str(event.assoc.requestor.ae_title).strip()
-        try:
-            return _status(SUCCESS, self._store(event, calling))
-        except DatasetMismatch as exc:
-            return self._reject(calling, MISMATCH, str(exc))
-        except InvalidIdentifier as exc:
-            return self._reject(calling, BAD_IDENTIFIER, str(exc))
-        except UnreadableDataset as exc:
-            return self._reject(calling, CANNOT_PARSE, str(exc))
-        except OutOfResources as exc:
-            return self._reject(calling, OUT_OF_RESOURCES, str(exc))
-        except Exception:
-            log.exception("unexpected error while storing an instance")
-            return self._reject(calling, OUT_OF_RESOURCES, "internal error while storing")
-
-    def _reject(self, calling: str, code: int, reason: str) -> Dataset:
-        metrics.instance_received(f"refused 0x{code:04X}")
-        log.warning("C-STORE from %s refused with 0x%04X: %s", calling, code, reason)
-        self.repository.record_rejection(calling, code, reason)
-        return _status(code, reason)
-
-    def _store(self, event: evt.Event, calling: str) -> str | None:
-        problem = request_problem(event)  # Affected SOP Class / Instance UID missing or invalid
-        if problem is not None:
-            raise (DatasetMismatch if problem.mismatch else InvalidIdentifier)(problem.comment)
-        request = cast(C_STORE, event.request)
-        sop_class = str(request.AffectedSOPClassUID)
-        sop_instance = str(request.AffectedSOPInstanceUID)
-        role = self.profile.role(sop_class)
-        if role is None:  # cannot happen with the negotiated contexts; kept as a guard
-            raise DatasetMismatch(f"SOP class {sop_class} is not accepted")
-        source = event.dataset_path  # pynetdicom's complete Part 10 file of what arrived
-        self._check_resources(source)
-        relative = self.store.new_name() if role is Role.ANALYSE else None
-        # Making the file durable (fsync, link, fsync directory) runs on a helper thread while
-        # this one parses the header and writes the row; the row commits only after the file
-        # is durable, and the status is sent only after both.
-        durable = None if relative is None else self.pool.submit(self.store.adopt, source, relative)
-        try:
-            header = header_of(source, sop_class, sop_instance)
-            if role is Role.ANALYSE and header.series_instance_uid is None:
-                # Type 1 in every image IOD; the results must name the image's series.
-                raise InvalidIdentifier("series_instance_uid is missing")
-            self.transfers.storing(event.assoc, header.study_instance_uid)
-            record = _record(header, role, str(event.context.transfer_syntax), source, calling)
-            same: Callable[[str | None], bool] = (
-                (lambda _stored: True)  # ignored objects are not kept: a re-send is a no-op
-                if relative is None
-                else (lambda stored: self.store.same_content(stored, source))
-            )
-            try:
-                result = self.repository.record_instance(
-                    record, relative, same, before_commit=lambda: durable and durable.result()
-                )
-            except SQLAlchemyError as exc:
-                raise OutOfResources(f"database error: {exc.__class__.__name__}") from exc
-            if durable is not None:
-                durable.result()
-        except BaseException:
-            if durable is not None and relative is not None:
-                wait([durable])
-                self.store.remove(relative)
-            raise
-        self.transfers.stored(event.assoc, header.study_instance_uid)
-        metrics.instance_received(str(result.outcome) if role is Role.ANALYSE else "ignored")
-        if result.outcome is IngestOutcome.DUPLICATE:
-            if relative is not None:
-                self.store.remove(relative)
-            log.debug("C-STORE from %s: identical re-send", calling)
-            return "identical instance already stored"
-        if result.obsolete_file:
-            self.store.remove(result.obsolete_file)
-        log.debug("C-STORE from %s: %s (%s)", calling, result.outcome, role)
-        return None
-
-    def _check_resources(self, source: Path) -> None:
-        """Refuse, before anything is written, a data set over the size limit or a store whose
-        free space is below the floor (the check runs for every C-STORE, so storing resumes by
-        itself once space is freed)."""
-        size = source.stat().st_size
-        if self.max_dataset_bytes and size > self.max_dataset_bytes:
-            raise OutOfResources(f"data set over the maximum size ({self.max_dataset_bytes} bytes)")
-        if self.min_free_bytes and self.store.free_bytes() - size < self.min_free_bytes:
-            raise OutOfResources("storage nearly full: below the node's free-space floor")
-
-
-def _record(
-    header: Header, role: Role, transfer_syntax: str, source: Path, calling: str
-) -> InstanceRecord:
-    return InstanceRecord(
-        study_instance_uid=header.study_instance_uid,
-        series_instance_uid=header.series_instance_uid,
-        sop_instance_uid=header.sop_instance_uid,
-        sop_class_uid=header.sop_class_uid,
-        role=role,
-        transfer_syntax_uid=transfer_syntax,
-        size_bytes=source.stat().st_size,
-        calling_ae_title=calling[:16],
-        modality=header.modality,
-        body_part_examined=header.body_part_examined,
-        protocol_name=header.protocol_name,
-        series_description=header.series_description,
-        study_description=header.study_description,
-        anatomic_region=header.anatomic_region,
-    )
-
-
-def _status(code: int, comment: str | None) -> Dataset:
-    status = Dataset()
-    status.Status = code
-    if comment:
-        status.ErrorComment = comment[:64]
-    return status
-
-
 def build_ae(config: DicomConfig, profile: StorageProfile) -> AE:
     """An AE that accepts Verification and the profile's storage SOP classes."""
-    _config.STORE_RECV_CHUNKED_DATASET = True  # stream data sets to disk, never whole in memory
+    stream_data_sets_to_disk()  # never whole in memory
     ae = AE(ae_title=config.ae_title)
     ae.maximum_associations = config.max_associations
     ae.maximum_pdu_size = config.maximum_pdu_size
@@ -312,17 +74,8 @@ def _on_accepted(event: evt.Event) -> None:
 
 
 def _remove_partial_data_set(event: evt.Event) -> None:
-    """A data set cut off by an abort or a dropped connection stays in pynetdicom's temporary
-    file, which only a completed C-STORE removes; remove it now, or repeated aborts fill the disk."""
-    message = getattr(getattr(event.assoc, "dimse", None), "message", None)
-    handle = getattr(message, "_data_set_file", None)
-    if handle is None:
-        return
-    try:
-        handle.close()
-        Path(handle.name).unlink(missing_ok=True)
-    except OSError as exc:
-        log.warning("cannot remove a partial data set: %s", exc)
+    """A data set cut off by an abort or a dropped connection: its temporary file goes now."""
+    discard_partial_data_set(event.assoc)
 
 
 def _on_rejected(event: evt.Event) -> None:
@@ -331,29 +84,6 @@ def _on_rejected(event: evt.Event) -> None:
         event.assoc.requestor.ae_title,
         event.assoc.requestor.address,
     )
-
-
-class _BoundedSocket(AssociationSocket):
-    """pynetdicom reads a whole PDU into memory, whatever length the peer announces (up to
-    4 GiB, even before an association exists). A PDU over the limit ends the connection."""
-
-    limit = MIN_PDU_LIMIT
-
-    def recv(self, nr_bytes: int) -> bytearray:
-        if nr_bytes > self.limit:
-            raise OSError(f"the peer announced a PDU of {nr_bytes} bytes (limit {self.limit})")
-        return super().recv(nr_bytes)
-
-
-class _BoundedRequestHandler(RequestHandler):
-    def _create_association(self) -> Association:
-        assoc = super()._create_association()
-        check_requests(assoc)
-        socket_ = assoc.dul.socket
-        if socket_ is not None:
-            socket_.__class__ = _BoundedSocket
-            cast(_BoundedSocket, socket_).limit = getattr(self.server, "pdu_limit", MIN_PDU_LIMIT)
-        return assoc
 
 
 class AssociationServer(ThreadedAssociationServer):
@@ -367,6 +97,12 @@ class AssociationServer(ThreadedAssociationServer):
 
     handshake_timeout_s = 10.0
     pdu_limit = MIN_PDU_LIMIT
+
+    def prepare_association(self, assoc: Association) -> None:
+        """Before a new association starts: its C-STORE requests are checked
+        (node/scp_requests.py) and its PDUs bounded by ``pdu_limit`` bytes."""
+        check_requests(assoc)
+        bound_pdu_reads(assoc, self.pdu_limit)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
@@ -412,7 +148,7 @@ class StoreSCP:
     def _on_requested(self, event: evt.Event) -> None:
         # pynetdicom's network thread sleeps this long when it finds nothing to do; shorter
         # means less latency per message and more CPU while an association is idle.
-        event.assoc.dul._run_loop_delay = self.config.poll_interval_s
+        set_idle_sleep(event.assoc, self.config.poll_interval_s)
         request = event.assoc.requestor.primitive
         if request is None:
             return
@@ -448,7 +184,7 @@ class StoreSCP:
                 evt_handlers=handlers,
                 ssl_context=self.ssl_context,
                 server_class=AssociationServer,
-                request_handler=_BoundedRequestHandler,
+                request_handler=PreparingRequestHandler,
             )
         except OSError as exc:
             raise ListenError(
@@ -461,7 +197,7 @@ class StoreSCP:
         advertised = self.config.maximum_pdu_size or 256 * MIN_PDU_LIMIT
         server.pdu_limit = max(advertised + 6, MIN_PDU_LIMIT)
         threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True).start()
-        self.ae._servers.append(server)
+        register_server(self.ae, server)
         self.server = server
 
     def studies_in_flight(self) -> set[str]:

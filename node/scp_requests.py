@@ -19,29 +19,22 @@ Here the command set is checked as soon as it is complete, before pynetdicom dec
 offending value is replaced by a placeholder that pynetdicom accepts, the problem is kept under
 the request's Message ID, and the request goes to the Storage service, whose handler asks
 :func:`request_problem` first and refuses. pynetdicom then removes the temporary file as after
-every C-STORE, and the response carries neither placeholder.
+every C-STORE, and the response carries neither placeholder. The mechanism, which reaches into
+pynetdicom's internals, is ``check_store_requests`` in node/pynetdicom_patches.py.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from io import BytesIO
-from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.association import Association
-from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_messages import DIMSEMessage
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import decode, encode
-from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.service_class import StorageServiceClass
+
+from node.pynetdicom_patches import check_store_requests, held_problem
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-C_STORE_RQ = 0x0001  # CommandField
-PLACEHOLDER = "0"  # a value pynetdicom decodes; never answered, never stored
 CHECKED = {
     "AffectedSOPClassUID": "Affected SOP Class UID",
     "AffectedSOPInstanceUID": "Affected SOP Instance UID",
@@ -95,73 +88,11 @@ def problem_of(command_set: Dataset, abstract_syntax: str | None = None) -> Requ
 
 def request_problem(event: evt.Event) -> RequestProblem | None:
     """For the C-STORE handler: why the request cannot be served, or None."""
-    problem = getattr(event.request, "node_request_problem", None)
+    problem = held_problem(event.request)
     return problem if isinstance(problem, RequestProblem) else None
 
 
-class _CheckedDIMSE(DIMSEServiceProvider):
-    """Checks a C-STORE-RQ's command set when its last fragment arrives, before pynetdicom's
-    decoding of the message sees it."""
-
-    problems: dict[int, RequestProblem]
-
-    def receive_primitive(self, primitive: P_DATA) -> None:
-        if self.message is None:
-            self.message = DIMSEMessage()
-        super().receive_primitive(self._checked(self.message, primitive))
-
-    def _checked(self, message: DIMSEMessage, primitive: P_DATA) -> P_DATA:
-        items: list[Any] = list(primitive.presentation_data_value_list)  # of [ID, bytes]
-        for index, (context_id, data) in enumerate(items):
-            if data[0] & 0b11 != 0b11:  # not the last fragment of a command set
-                continue
-            try:
-                encoded = message.encoded_command_set.getvalue() + data[1:]
-                command_set = decode(BytesIO(encoded), True, True)
-                is_store = command_set.get("CommandField") == C_STORE_RQ
-            except Exception:  # pynetdicom's own decoding reports what it cannot read
-                return primitive
-            context = self.assoc._accepted_cx.get(context_id)
-            abstract_syntax = None if context is None else context.abstract_syntax
-            problem = problem_of(command_set, abstract_syntax) if is_store else None
-            message_id = command_set.get("MessageID")
-            if problem is None or message_id is None:  # without a Message ID, no response
-                return primitive
-            for keyword in problem.replaced:
-                setattr(command_set, keyword, PLACEHOLDER)
-            self.problems[int(message_id)] = problem
-            message.encoded_command_set = BytesIO()
-            items[index] = [context_id, data[:1] + cast(bytes, encode(command_set, True, True))]
-            checked = P_DATA()
-            checked.presentation_data_value_list = items
-            return checked
-        return primitive
-
-
-class _CheckedAssociation(Association):
-    def _serve_request(self, msg: Any, context_id: int) -> None:
-        problems = cast(_CheckedDIMSE, self.dimse).problems
-        stored = isinstance(msg, C_STORE) and msg.MessageID is not None
-        problem = problems.pop(msg.MessageID, None) if stored else None
-        context = self._accepted_cx.get(context_id)
-        if problem is None or context is None or self._sent_release:
-            super()._serve_request(msg, context_id)  # pynetdicom's way, including its refusals
-            return
-        for keyword in problem.replaced:
-            setattr(msg, keyword, None)  # the response repeats no placeholder
-        msg.node_request_problem = problem
-        self.dimse.cancel_req = {}
-        self._is_paused = True
-        try:
-            StorageServiceClass(self).SCP(msg, context)
-        finally:
-            self._is_paused = False
-            self.dimse.cancel_req = {}
-
-
 def check_requests(assoc: Association) -> None:
-    """Make an acceptor association (before it starts) check its C-STORE requests as above."""
-    dimse = assoc.dimse
-    dimse.__class__ = _CheckedDIMSE
-    cast(_CheckedDIMSE, dimse).problems = {}
-    assoc.__class__ = _CheckedAssociation
+    """Make an acceptor association (before it starts) check its C-STORE requests as above
+    (node/pynetdicom_patches.py holds the mechanism)."""
+    check_store_requests(assoc, problem_of)

@@ -1,0 +1,238 @@
+"""Every change the node makes to pynetdicom's behaviour, and every reach into its internals.
+
+Checked against pynetdicom ``PYNETDICOM_CHECKED`` (pyproject.toml allows 3.x). Each function or
+class below names the pynetdicom behaviour it changes and why; tests/test_pynetdicom_patches.py
+checks that every private attribute, method and signature used here still exists with the shape
+relied on, and runs each patch over a real loopback association, so an upgrade that breaks one
+fails there first. No other module of the node touches a private name of pynetdicom.
+
+Receiving (node/scp.py, node/scp_requests.py):
+
+- `stream_data_sets_to_disk`: ``_config.STORE_RECV_CHUNKED_DATASET``;
+- `set_idle_sleep`: the DUL reactor's ``_run_loop_delay``;
+- `message_being_received`, `data_set_path`, `discard_partial_data_set`: the DIMSE message being
+  assembled and its ``_data_set_path`` / ``_data_set_file``;
+- `bound_pdu_reads` (`BoundedSocket`): a ``__class__`` swap of the association's socket;
+- `PreparingRequestHandler`: an override of ``RequestHandler._create_association``;
+- `register_server`: ``AE._servers``;
+- `check_store_requests` (`_CheckedDIMSE`, `_CheckedAssociation`): ``__class__`` swaps of the
+  association and its DIMSE provider, ``Association._serve_request``, ``_accepted_cx``,
+  ``_sent_release``, ``_is_paused``, ``DIMSEMessage.encoded_command_set``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+log = logging.getLogger(__name__)
+
+PYNETDICOM_CHECKED = "3.0.4"
+C_STORE_RQ = 0x0001  # CommandField
+PLACEHOLDER = "0"  # a UID value pynetdicom decodes; never answered, never stored
+PROBLEM_ATTRIBUTE = "node_request_problem"  # set on a C_STORE primitive whose request is refused
+
+
+def stream_data_sets_to_disk() -> None:
+    """pynetdicom assembles a received data set in memory; with its (process-wide)
+    ``_config.STORE_RECV_CHUNKED_DATASET`` it writes the bytes to a temporary Part 10 file as they
+    arrive (File Meta first) and hands the handler ``event.dataset_path``, so a large image is
+    never held whole in memory."""
+    _config.STORE_RECV_CHUNKED_DATASET = True
+
+
+def set_idle_sleep(assoc: Association, seconds: float) -> None:
+    """pynetdicom's DUL reactor sleeps ``_run_loop_delay`` (1 ms) whenever it finds nothing to do;
+    shorter means less latency per message and more CPU while an association is idle."""
+    assoc.dul._run_loop_delay = seconds
+
+
+def message_being_received(assoc: Association) -> DIMSEMessage | None:
+    """The DIMSE message pynetdicom is assembling from P-DATA on ``assoc``
+    (``DIMSEServiceProvider.message``): not None from the first fragment of a message until the
+    last one has been decoded, then None while the complete message waits for its handler."""
+    dimse = getattr(assoc, "dimse", None)
+    message = getattr(dimse, "message", None)
+    return message if isinstance(message, DIMSEMessage) else None
+
+
+def data_set_path(message: DIMSEMessage) -> Path | None:
+    """The temporary file a C-STORE-RQ's data set is being written to, as it arrives, in streamed
+    mode (``DIMSEMessage._data_set_path``; preamble and File Meta first); None before it exists."""
+    path = getattr(message, "_data_set_path", None)
+    return Path(path) if isinstance(path, str | Path) else None
+
+
+def discard_partial_data_set(assoc: Association) -> None:
+    """pynetdicom removes its temporary data set file only after a completed C-STORE: a data set
+    cut off by an abort or a dropped connection would stay (``DIMSEMessage._data_set_file``), and
+    repeated aborts fill the disk. Close and remove it; a failure is logged, never raised."""
+    message = message_being_received(assoc)
+    handle = getattr(message, "_data_set_file", None)
+    if handle is None:
+        return
+    try:
+        handle.close()
+        Path(handle.name).unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("cannot remove a partial data set: %s", exc)
+
+
+class BoundedSocket(AssociationSocket):
+    """pynetdicom reads a whole PDU into memory, whatever length the peer announces (up to
+    4 GiB, even before an association exists). Here a PDU over ``limit`` bytes raises OSError,
+    which ends the connection."""
+
+    limit = 1 << 20
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        if nr_bytes > self.limit:
+            raise OSError(f"the peer announced a PDU of {nr_bytes} bytes (limit {self.limit})")
+        return super().recv(nr_bytes)
+
+
+def bound_pdu_reads(assoc: Association, limit: int) -> None:
+    """Make an acceptor association (before it starts) refuse PDUs over ``limit`` bytes: its
+    socket, created by pynetdicom's server, becomes a `BoundedSocket` (a ``__class__`` swap)."""
+    socket_ = assoc.dul.socket
+    if socket_ is not None:
+        socket_.__class__ = BoundedSocket
+        cast(BoundedSocket, socket_).limit = limit
+
+
+class PreparingRequestHandler(RequestHandler):
+    """pynetdicom's request handler, which starts each association as soon as it has created it
+    (``RequestHandler._create_association``); here the server's ``prepare_association(assoc)``,
+    when it has one, runs in between."""
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        prepare = getattr(self.server, "prepare_association", None)
+        if prepare is not None:
+            prepare(assoc)
+        return assoc
+
+
+def register_server(ae: AE, server: ThreadedAssociationServer) -> None:
+    """A server started by the caller (not by ``AE.start_server``) joins ``AE._servers``, so that
+    ``AE.shutdown`` stops it too."""
+    ae._servers.append(server)
+
+
+def accepted_context(assoc: Association, context_id: int) -> PresentationContext | None:
+    """The accepted presentation context with ``context_id`` (``Association._accepted_cx``)."""
+    return assoc._accepted_cx.get(context_id)
+
+
+class StoreRequestProblem(Protocol):
+    """What `check_store_requests` needs of a refused request's problem."""
+
+    @property
+    def replaced(self) -> tuple[str, ...]:
+        """The command set keywords whose values are replaced by `PLACEHOLDER`."""
+        ...
+
+
+Inspect = Callable[[Dataset, "str | None"], "StoreRequestProblem | None"]
+
+
+class _CheckedDIMSE(DIMSEServiceProvider):
+    """Checks a C-STORE-RQ's command set when its last fragment arrives, before pynetdicom's
+    decoding of the message sees it."""
+
+    inspect: Inspect
+    problems: dict[int, StoreRequestProblem]
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        if self.message is None:
+            self.message = DIMSEMessage()
+        super().receive_primitive(self._checked(self.message, primitive))
+
+    def _checked(self, message: DIMSEMessage, primitive: P_DATA) -> P_DATA:
+        items: list[Any] = list(primitive.presentation_data_value_list)  # of [ID, bytes]
+        for index, (context_id, data) in enumerate(items):
+            if data[0] & 0b11 != 0b11:  # not the last fragment of a command set
+                continue
+            try:
+                encoded = message.encoded_command_set.getvalue() + data[1:]
+                command_set = decode(BytesIO(encoded), True, True)
+                is_store = command_set.get("CommandField") == C_STORE_RQ
+            except Exception:  # pynetdicom's own decoding reports what it cannot read
+                return primitive
+            context = accepted_context(self.assoc, context_id)
+            abstract_syntax = None if context is None else context.abstract_syntax
+            problem = self.inspect(command_set, abstract_syntax) if is_store else None
+            message_id = command_set.get("MessageID")
+            if problem is None or message_id is None:  # without a Message ID, no response
+                return primitive
+            for keyword in problem.replaced:
+                setattr(command_set, keyword, PLACEHOLDER)
+            self.problems[int(message_id)] = problem
+            message.encoded_command_set = BytesIO()
+            items[index] = [context_id, data[:1] + cast(bytes, encode(command_set, True, True))]
+            checked = P_DATA()
+            checked.presentation_data_value_list = items
+            return checked
+        return primitive
+
+
+class _CheckedAssociation(Association):
+    """Serves a request with a problem by the Storage service directly (pynetdicom would refuse
+    the placeholder's class without a response), the problem set on the request."""
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        problems = cast(_CheckedDIMSE, self.dimse).problems
+        stored = isinstance(msg, C_STORE) and msg.MessageID is not None
+        problem = problems.pop(msg.MessageID, None) if stored else None
+        context = accepted_context(self, context_id)
+        if problem is None or context is None or self._sent_release:
+            super()._serve_request(msg, context_id)  # pynetdicom's way, including its refusals
+            return
+        for keyword in problem.replaced:
+            setattr(msg, keyword, None)  # the response repeats no placeholder
+        setattr(msg, PROBLEM_ATTRIBUTE, problem)
+        self.dimse.cancel_req = {}
+        self._is_paused = True
+        try:
+            StorageServiceClass(self).SCP(msg, context)
+        finally:
+            self._is_paused = False
+            self.dimse.cancel_req = {}
+
+
+def check_store_requests(assoc: Association, inspect: Inspect) -> None:
+    """Make an acceptor association (before it starts) check each C-STORE-RQ's command set as
+    soon as it is complete, before pynetdicom decodes it (pynetdicom alone drops, aborts or
+    ignores requests with a missing or invalid Affected SOP Class / Instance UID: see
+    node/scp_requests.py).
+
+    ``inspect(command_set, abstract_syntax)`` returns the request's problem or None. With a
+    problem (and a Message ID), the ``replaced`` values become `PLACEHOLDER`, and the request goes
+    to the Storage service's handler with the problem as `held_problem`; the response repeats no
+    placeholder. ``__class__`` swaps of the association and its DIMSE provider."""
+    dimse = assoc.dimse
+    dimse.__class__ = _CheckedDIMSE
+    checked = cast(_CheckedDIMSE, dimse)
+    checked.problems = {}
+    checked.inspect = inspect
+    assoc.__class__ = _CheckedAssociation
+
+
+def held_problem(request: object) -> object | None:
+    """The problem `check_store_requests` set on a C-STORE request, or None."""
+    return getattr(request, PROBLEM_ATTRIBUTE, None)

@@ -35,9 +35,10 @@ import torchvision
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from node.engine import DicomPreprocessor, InferenceEngine  # noqa: E402
+from node.engine import InferenceEngine  # noqa: E402
 from node.imaging import dicom_file_to_tensor  # noqa: E402
 from node.model import MuraDenseNet  # noqa: E402
+from node.preprocessing import DicomPreprocessor  # noqa: E402
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

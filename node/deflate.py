@@ -4,7 +4,8 @@ pydicom inflates a deflated data set whole before it reads a single element, how
 inflates: a deflate bomb of a few hundred kilobytes is gigabytes. The node reads such files only
 through `DeflatedReader`, which inflates as far as the caller allows: the header
 (`HEADER_BYTES`, enough for any real header) at ingest, and at most what the image needs when it
-is decoded (node/imaging.py).
+is decoded (node/imaging.py). The start of a data set still arriving (node/headers.py) is
+inflated with `inflate_start`, as far as its own limit. Every inflate of the node is here.
 """
 
 from __future__ import annotations
@@ -78,6 +79,12 @@ def read_deflated_header(path: Path) -> Dataset:
     with DeflatedReader(path) as reader:
         reader.inflate_to(HEADER_BYTES)
         return reader.dataset(stop_before_pixels=True)
+
+
+def inflate_start(compressed: bytes, limit: int) -> bytes:
+    """At most ``limit`` bytes inflated from the start of a raw deflate stream (RFC 1951, as in
+    a deflated data set after its File Meta); a stream cut off early gives what it holds."""
+    return zlib.decompressobj(-zlib.MAX_WBITS).decompress(compressed, limit)
 
 
 def skip_file_meta(fp: BinaryIO) -> None:

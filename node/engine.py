@@ -15,14 +15,14 @@
   run DenseNet-169 about 1.5 to 2 times faster).
 - Without cards, the engine starts only with ``model.allow_untrained`` and then says it is
   untrained (random weights, fixed seed) so that every output can say so.
+
+Stored DICOM files become model input in node/preprocessing.py.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,15 +32,8 @@ import torch
 
 from node.cards import ModelCard, load_card, load_weights
 from node.config import ModelConfig
-from node.errors import CheckpointError, UndecodableImage
-from node.imaging import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    INPUT_SIZE,
-    MAX_PIXELS,
-    dicom_file_to_inputs,
-    dicom_file_to_tensor,
-)
+from node.errors import CheckpointError
+from node.imaging import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
 from node.model import MuraDenseNet
 from node.profiles import MURA_STUDY_TYPES
 
@@ -236,69 +229,3 @@ class InferenceEngine:
             },
             "torch": torch.__version__,
         }
-
-
-def _load_one(args: tuple[str, int, int, int]) -> Any:
-    path, size, max_pixels, display_side = args
-    try:
-        if display_side:
-            return dicom_file_to_inputs(Path(path), size, max_pixels, display_side)
-        return dicom_file_to_tensor(Path(path), size, max_pixels)
-    except UndecodableImage as exc:
-        return exc
-    except Exception as exc:  # anything imaging did not foresee still fails only this image
-        return UndecodableImage(f"cannot prepare the image: {exc.__class__.__name__}: {exc}")
-
-
-class DicomPreprocessor:
-    """Stored DICOM files to model input, in worker processes when ``workers`` > 0.
-
-    Decoding a large JPEG 2000 radiograph takes a tenth of a second or more of CPU; in separate
-    processes it runs in parallel and never holds up the process that runs the model. A file that
-    cannot be decoded (or that fails in any other way, even a MemoryError) comes back as an
-    UndecodableImage instead of a tensor."""
-
-    def __init__(
-        self, workers: int = 0, size: int = INPUT_SIZE, max_pixels: int = MAX_PIXELS
-    ) -> None:
-        self.size = size
-        self.max_pixels = max_pixels
-        self.pool = None
-        if workers > 0:
-            import multiprocessing
-
-            self.pool = ProcessPoolExecutor(
-                max_workers=workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_quiet_worker,
-            )
-            # Start every process now (each imports torch, which takes seconds), not during the
-            # first study.
-            list(self.pool.map(_ready, range(workers)))
-
-    def map(self, paths: Sequence[Path]) -> list[torch.Tensor | UndecodableImage]:
-        return self._run([(str(p), self.size, self.max_pixels, 0) for p in paths])
-
-    def map_with_display(
-        self, paths: Sequence[Path], display_side: int = 1024
-    ) -> list[tuple[torch.Tensor, np.ndarray] | UndecodableImage]:
-        """Model inputs and display images (longest side <= display_side) from one decode each."""
-        return self._run([(str(p), self.size, self.max_pixels, display_side) for p in paths])
-
-    def _run(self, jobs: list[tuple[str, int, int, int]]) -> list[Any]:
-        if self.pool is None:
-            return [_load_one(job) for job in jobs]
-        return list(self.pool.map(_load_one, jobs))
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True)
-
-
-def _ready(index: int) -> int:
-    return index
-
-
-def _quiet_worker() -> None:
-    torch.set_num_threads(1)  # decoding workers must not compete with the model's threads
-    os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import logging
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from node.deflate import read_deflated_header, skip_file_meta
+from node.deflate import inflate_start, read_deflated_header, skip_file_meta
 from node.eligibility import coded_region
 from node.errors import DatasetMismatch, InvalidIdentifier, UnreadableDataset
 from node.scp_requests import is_uid
@@ -127,7 +126,7 @@ def study_of_partial_data_set(path: Path) -> str | None:
             body = fp.read(PARTIAL_HEADER_BYTES)
         syntax = UID(meta.TransferSyntaxUID)
         if syntax == DeflatedExplicitVRLittleEndian:
-            body = zlib.decompressobj(-zlib.MAX_WBITS).decompress(body, PARTIAL_HEADER_BYTES)
+            body = inflate_start(body, PARTIAL_HEADER_BYTES)
         passed: list[int] = []
 
         def past_study_uid(tag: int, _vr: str | None, _length: int) -> bool:

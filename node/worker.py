@@ -44,8 +44,9 @@ from pydicom.uid import generate_uid
 from node import __version__, metrics
 from node.config import Config
 from node.db import make_engine
-from node.engine import DicomPreprocessor, InferenceEngine, StudyResult
+from node.engine import InferenceEngine, StudyResult
 from node.errors import UndecodableImage
+from node.preprocessing import DicomPreprocessor
 from node.processing import ProcessingRepository, ResultFile, StudyImage
 from node.repository import ClaimedStudy, Clock, Repository, utcnow
 from node.results.gsps import build_gsps, label

@@ -13,9 +13,10 @@ import torch
 
 from node.cards import load_card, load_weights, pack_checkpoint, read_state_dict
 from node.config import ModelConfig
-from node.engine import DicomPreprocessor, InferenceEngine, resolve_device
+from node.engine import InferenceEngine, resolve_device
 from node.errors import CheckpointError, UndecodableImage
 from node.model import MuraDenseNet, normalise_cam, upsample_cam
+from node.preprocessing import DicomPreprocessor
 from tests.factory import make_radiograph, write
 
 

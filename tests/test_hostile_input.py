@@ -15,7 +15,7 @@ running in this process, and must
   not grow by more than MEMORY_BOUND while the case is received and processed.
 
 Then property-based tests mutate valid data sets (byte flips, truncation, element values) through
-the ingest header parsing (node/scp.py ``header_of``) and the decoding path (node/engine.py
+the ingest header parsing (node/headers.py ``header_of``) and the decoding path (node/preprocessing.py
 ``DicomPreprocessor``) and accept only the node's own error types, never another exception or a
 hang.
 
@@ -67,10 +67,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from node.db import IngestRejection, Instance, Study
-from node.engine import DicomPreprocessor, InferenceEngine
+from node.engine import InferenceEngine
 from node.errors import DatasetMismatch, UndecodableImage, UnreadableDataset
 from node.headers import Header, header_of
 from node.model import MuraDenseNet
+from node.preprocessing import DicomPreprocessor
 from node.service import Node
 from node.worker import Worker
 from tests.conftest import FakeClock, node_config

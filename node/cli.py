@@ -207,7 +207,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         return 0
     if args.command == "evaluate":
         from node.training.evaluate import evaluate_split
-        from node.training.metrics import markdown_table
+        from node.training.scores import markdown_table
 
         report = evaluate_split(
             args.cards, args.split, args.out, args.root, threshold_split=args.choose_thresholds_on

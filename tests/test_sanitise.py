@@ -31,15 +31,12 @@ from node.results.sanitise import (
     Action,
     HeaderChange,
     clean_source,
-    date,
-    patient_orientation,
     summarise,
-    time,
-    uid,
 )
 from node.results.sc import build_sc
 from node.results.sr import build_sr
 from node.results.summary import build_summary
+from node.results.value_checks import date, patient_orientation, time, uid
 from tests.factory import make_radiograph, raw, write
 from tests.test_results import ALGORITHM, IDENTITY, result
 

@@ -17,8 +17,8 @@ from node.training.data import (
     read_split,
     read_study_labels,
 )
-from node.training.metrics import evaluate, score, study_predictions
 from node.training.recipe import TrainSettings, train
+from node.training.scores import evaluate, score, study_predictions
 from node.training.synthetic import make_dataset
 
 pytestmark = pytest.mark.slow

@@ -17,8 +17,8 @@ from node.config import ModelConfig
 from node.engine import InferenceEngine
 from node.imaging import dicom_file_to_tensor, png_file_to_tensor
 from node.training.data import ImageRecord, read_split
-from node.training.metrics import choose_thresholds, evaluate, markdown_table, study_predictions
 from node.training.plots import write_plots
+from node.training.scores import choose_thresholds, evaluate, markdown_table, study_predictions
 
 
 def _tensor(path: Path, size: int) -> torch.Tensor:

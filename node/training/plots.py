@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from node.training.metrics import StudyPrediction
+from node.training.scores import StudyPrediction
 
 
 def write_plots(predictions: Sequence[StudyPrediction], out: Path) -> list[Path]:

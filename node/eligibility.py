@@ -34,10 +34,6 @@ from dataclasses import dataclass
 
 from node.profiles import CODED_FIELD, AnatomyCodes, Vocabulary
 
-MAX_CODED_REGION = 64  # characters of "SCHEME:CODE" (instances.anatomic_region)
-_SCHEME = re.compile(r"[\x21-\x39\x3B-\x5B\x5D-\x7E]+")  # printable ASCII, no space, ':' or '\\'
-_CODE = re.compile(r"[\x21-\x5B\x5D-\x7E]+")  # printable ASCII, no space or '\\'
-
 
 @dataclass(frozen=True)
 class ImageVerdict:
@@ -68,20 +64,6 @@ def _positions(text: str, terms: Sequence[str]) -> list[int]:
         if index >= 0:
             found.append(index)
     return found
-
-
-def coded_region(designator: object, code: object) -> str | None:
-    """The stored form of a code, "SCHEME:CODE" (e.g. "SCT:14975008"), or None when either part
-    is not a string, is empty, has a character outside printable ASCII (or ':' in the scheme, or a
-    backslash), or the whole is longer than MAX_CODED_REGION."""
-    if not isinstance(designator, str) or not isinstance(code, str):
-        return None
-    designator, code = designator.strip(), code.strip()
-    if len(designator) + len(code) + 1 > MAX_CODED_REGION:
-        return None
-    if not _SCHEME.fullmatch(designator) or not _CODE.fullmatch(code):
-        return None
-    return f"{designator}:{code}"
 
 
 def classify_code(coded: str, anatomy: AnatomyCodes) -> ImageVerdict | None:

@@ -19,8 +19,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from node.deflate import inflate_start, read_deflated_header, skip_file_meta
-from node.eligibility import coded_region
 from node.errors import DatasetMismatch, InvalidIdentifier, UnreadableDataset
+from node.profiles import coded_region
 from node.scp_requests import is_uid
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def read_header(path: Path) -> Header:
 def anatomic_region(ds: Dataset) -> str | None:
     """AnatomicRegionSequence's first item as "SCHEME:CODE" (CodingSchemeDesignator, then
     CodeValue or LongCodeValue), e.g. "SCT:14975008"; None when it is absent, empty, not a
-    sequence, or its code is unusable (see node.eligibility.coded_region). Never raises: a bad
+    sequence, or its code is unusable (see node.profiles.coded_region). Never raises: a bad
     code must not cost the C-STORE; the image is then typed from its text alone."""
     if _ANATOMIC_REGION_SEQUENCE not in ds:
         return None

@@ -30,6 +30,10 @@ SNOMED_CT, SNOMED_RT = "SCT", "SRT"
 _SCT_ID = re.compile(r"^[1-9][0-9]{5,17}$")
 _SRT_CODE = re.compile(r"^[A-Z]-[0-9A-Z]{4,6}$")
 
+MAX_CODED_REGION = 64  # characters of "SCHEME:CODE" (instances.anatomic_region)
+_SCHEME = re.compile(r"[\x21-\x39\x3B-\x5B\x5D-\x7E]+")  # printable ASCII, no space, ':' or '\\'
+_CODE = re.compile(r"[\x21-\x5B\x5D-\x7E]+")  # printable ASCII, no space or '\\'
+
 
 class Role(enum.StrEnum):
     ANALYSE = "analyse"
@@ -252,3 +256,17 @@ def _verhoeff_valid(number: str) -> bool:
     for position, digit in enumerate(reversed(number)):
         check = int(_VERHOEFF_D[check][int(_VERHOEFF_P[position % 8][int(digit)])])
     return check == 0
+
+
+def coded_region(designator: object, code: object) -> str | None:
+    """The stored form of a code, "SCHEME:CODE" (e.g. "SCT:14975008"), or None when either part
+    is not a string, is empty, has a character outside printable ASCII (or ':' in the scheme, or a
+    backslash), or the whole is longer than MAX_CODED_REGION."""
+    if not isinstance(designator, str) or not isinstance(code, str):
+        return None
+    designator, code = designator.strip(), code.strip()
+    if len(designator) + len(code) + 1 > MAX_CODED_REGION:
+        return None
+    if not _SCHEME.fullmatch(designator) or not _CODE.fullmatch(code):
+        return None
+    return f"{designator}:{code}"

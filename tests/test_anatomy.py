@@ -21,16 +21,17 @@ from pydicom.sr._concepts_dict import concepts
 from pydicom.sr._snomed_dict import mapping
 from pydicom.tag import Tag
 
-from node.eligibility import (
-    MAX_CODED_REGION,
-    classify_code,
-    classify_image,
-    coded_region,
-    decide_eligibility,
-)
+from node.eligibility import classify_code, classify_image, decide_eligibility
 from node.errors import ProfileError
 from node.headers import anatomic_region, read_header
-from node.profiles import CODED_FIELD, TEXT_FIELDS, Vocabulary, load_vocabulary
+from node.profiles import (
+    CODED_FIELD,
+    MAX_CODED_REGION,
+    TEXT_FIELDS,
+    Vocabulary,
+    coded_region,
+    load_vocabulary,
+)
 from tests.factory import make_radiograph, write
 
 HEADINGS = ("no_study_type", "not_upper_extremity")

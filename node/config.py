@@ -34,12 +34,12 @@ from node.config_sections import (
     Destination,
     DicomConfig,
     DispatchConfig,
+    FrozenValues,
     MetricsConfig,
     ModelConfig,
     ServiceConfig,
     StorageConfig,
     WorkerConfig,
-    _Frozen,
 )
 from node.errors import ConfigError
 
@@ -65,7 +65,7 @@ DEFAULT_CONFIG_FILE = Path("mura-node.toml")
 
 
 @dataclass(frozen=True)
-class Config(_Frozen):
+class Config(FrozenValues):
     """The node's whole configuration: one frozen section per TOML table, and the destinations.
 
     Raises :class:`~node.errors.ConfigError` when built with destinations that share a name

@@ -34,7 +34,7 @@ def _empty() -> Mapping[Any, Any]:
     return MappingProxyType({})
 
 
-class _Frozen:
+class FrozenValues:
     """Freezing and pickling shared by the sections: mappings become read-only views, lists
     tuples; a pickled section is rebuilt (and checked again) from plain values."""
 
@@ -65,7 +65,7 @@ def _rebuild(cls: type, values: dict[str, Any]) -> Any:
 
 
 @dataclass(frozen=True)
-class DicomConfig(_Frozen):
+class DicomConfig(FrozenValues):
     """The receiving application entity (C-STORE SCP, PS3.7 and PS3.8; TLS per PS3.15 B.1)."""
 
     ae_title: str = "MURA_NODE"
@@ -154,7 +154,7 @@ class DicomConfig(_Frozen):
 
 
 @dataclass(frozen=True)
-class StorageConfig(_Frozen):
+class StorageConfig(FrozenValues):
     """Where received instances and results are kept, and for how long."""
 
     data_dir: Path = Path("mura-node-data")
@@ -174,7 +174,7 @@ class StorageConfig(_Frozen):
 
 
 @dataclass(frozen=True)
-class DatabaseConfig(_Frozen):
+class DatabaseConfig(FrozenValues):
     """The queue's database: an SQLAlchemy URL."""
 
     url: str = ""  # empty: SQLite file mura-node.db in the data directory
@@ -187,7 +187,7 @@ class DatabaseConfig(_Frozen):
 
 
 @dataclass(frozen=True)
-class CompletionConfig(_Frozen):
+class CompletionConfig(FrozenValues):
     """When a study counts as fully arrived (see node/completion.py); seconds."""
 
     quiet_period_s: float = 60.0
@@ -206,7 +206,7 @@ class CompletionConfig(_Frozen):
 
 
 @dataclass(frozen=True)
-class ServiceConfig(_Frozen):
+class ServiceConfig(FrozenValues):
     """The service: shutdown grace and logging (node/logs.py)."""
 
     grace_period_s: float = 30.0
@@ -235,7 +235,7 @@ class ServiceConfig(_Frozen):
 
 
 @dataclass(frozen=True)
-class ModelConfig(_Frozen):
+class ModelConfig(FrozenValues):
     """The inference engine (see node/engine.py)."""
 
     cards: tuple[str, ...] = ()
@@ -285,7 +285,7 @@ class ModelConfig(_Frozen):
 
 
 @dataclass(frozen=True)
-class WorkerConfig(_Frozen):
+class WorkerConfig(FrozenValues):
     """The inference worker (node/worker.py)."""
 
     processes: int = 1
@@ -302,7 +302,7 @@ class WorkerConfig(_Frozen):
 
 
 @dataclass(frozen=True)
-class DispatchConfig(_Frozen):
+class DispatchConfig(FrozenValues):
     """Delivery of results to the destinations (node/dispatch.py)."""
 
     poll_interval_s: float = 2.0
@@ -320,7 +320,7 @@ class DispatchConfig(_Frozen):
 
 
 @dataclass(frozen=True)
-class MetricsConfig(_Frozen):
+class MetricsConfig(FrozenValues):
     """Prometheus metrics and health endpoint (node/metrics.py)."""
 
     enabled: bool = False
@@ -332,7 +332,7 @@ class MetricsConfig(_Frozen):
 
 
 @dataclass(frozen=True)
-class Destination(_Frozen):
+class Destination(FrozenValues):
     """A DICOM peer that receives the node's results (used by the dispatcher).
 
     Its messages start with ``destination``; ``load_config`` names the array entry instead

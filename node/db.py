@@ -226,6 +226,12 @@ def safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def database_error_reason(exc: SQLAlchemyError) -> str:
+    """The first line of the driver's message (``exc.orig``), else of SQLAlchemy's: one line
+    for an operator, without the SQL statement and parameters SQLAlchemy appends."""
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+
+
 def make_engine(url: str, *, readonly: bool = False) -> Engine:
     """An engine for ``url``; SQLite gets WAL, full sync, a busy timeout and immediate writes."""
     parsed = make_url(url)

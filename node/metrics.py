@@ -21,7 +21,10 @@ import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -78,6 +81,24 @@ def inference_per_image(seconds: float) -> None:
 def delivery(destination: str, outcome: str) -> None:
     if _enabled():
         _metrics["deliveries"].labels(destination, outcome).inc()
+
+
+def state_counts(session: Session) -> tuple[dict[str, int], dict[str, int]]:
+    """Studies by state and deliveries by state, every state present with 0 when none (the
+    ``mura_node_studies`` and ``mura_node_delivery_queue`` gauges, and `mura-node status`)."""
+    from sqlalchemy import func, select
+
+    from node.db import DeliveryState, Dispatch, Study, StudyState
+
+    studies = {state.value: 0 for state in StudyState}
+    for state, count in session.execute(select(Study.state, func.count()).group_by(Study.state)):
+        studies[state] = int(count)
+    deliveries = {state.value: 0 for state in DeliveryState}
+    for state, count in session.execute(
+        select(Dispatch.state, func.count()).group_by(Dispatch.state)
+    ):
+        deliveries[state] = int(count)
+    return studies, deliveries
 
 
 class _DatabaseCollector:

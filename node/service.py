@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from node import __version__, metrics
 from node.completion import CompletionPolicy
 from node.config import Config, ModelConfig
-from node.db import make_engine, safe_url, upgrade_database
+from node.db import database_error_reason, make_engine, safe_url, upgrade_database
 from node.errors import CheckpointError, DatabaseUnavailable
 from node.holds import HoldRenewer, hold_interval_s
 from node.processing import ProcessingRepository
@@ -61,9 +61,9 @@ class Node:
         try:
             upgrade_database(self.engine)
         except SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             raise DatabaseUnavailable(
-                f"cannot prepare database {safe_url(config.database_url)}: {reason}"
+                f"cannot prepare database {safe_url(config.database_url)}: "
+                f"{database_error_reason(exc)}"
             ) from None
         self.repository = Repository(self.engine, clock)
         self.handler = StoreHandler(
@@ -189,10 +189,8 @@ class Node:
     def _counts(self) -> dict[str, dict[str, int]]:
         from sqlalchemy.orm import Session
 
-        from node.status import state_counts
-
         with Session(self.engine) as session:
-            studies, deliveries = state_counts(session)
+            studies, deliveries = metrics.state_counts(session)
         return {"studies": studies, "deliveries": deliveries}
 
     def _health(self) -> str | None:
@@ -324,4 +322,43 @@ def serve(config: Config) -> int:
                 node.supervise()
         finally:
             node.stop()
+    return 0
+
+
+def run_worker(config: Config) -> int:
+    """`mura-node worker`: one inference worker in this process, on a thread, until SIGINT or
+    SIGTERM (the current study is finished first); returns the exit status (0).
+
+    The model and the database schema are checked first; a worker never migrates (`serve` or
+    `db upgrade` does). An exception in the worker is raised again here, in the main thread.
+    """
+    import threading
+
+    from node.db import check_schema
+    from node.worker import run_worker_process
+
+    check_model(config.model)
+    engine = make_engine(config.database_url)
+    try:
+        check_schema(engine)
+    finally:
+        engine.dispose()
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            run_worker_process(config, stop)
+        except BaseException as exc:  # re-raised below, in the main thread
+            failures.append(exc)
+
+    with StopSignals() as signals:
+        worker = threading.Thread(target=work, name="worker")
+        worker.start()
+        while worker.is_alive() and not signals.wait(0.5):
+            pass
+        stop.set()
+        worker.join()
+    if failures:
+        raise failures[0]
     return 0

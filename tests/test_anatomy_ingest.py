@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 
 from node.db import Instance, Study
 from node.service import Node
-from node.status import render_history, study_history
+from node.status import study_history
+from node.status_view import render_history
 from tests.conftest import FakeClock
 from tests.factory import make_radiograph, storescu, write
 
@@ -95,7 +96,7 @@ def test_a_study_identified_only_by_its_code(
     assert [row.study_type for row in rows] == [study_type] * 2
     history = study_history(node.engine, study_uid)
     assert history is not None
-    assert [i["anatomic_region"] for i in history["instances"]] == [f"{scheme}:{value}"] * 2
+    assert [i.anatomic_region for i in history.instances] == [f"{scheme}:{value}"] * 2
     assert f"{scheme}:{value}" in render_history(history)
 
 

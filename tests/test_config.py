@@ -1,13 +1,26 @@
 from __future__ import annotations
 
+import dataclasses
+import pickle
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from node.config import Config, Destination, load_config
+from node.config import (
+    CompletionConfig,
+    Config,
+    Destination,
+    DicomConfig,
+    ModelConfig,
+    ServiceConfig,
+    StorageConfig,
+    WorkerConfig,
+    load_config,
+)
 from node.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,3 +237,99 @@ def test_cli_reports_one_line_and_exits_2(
     assert result.stderr.startswith(expected)
     assert result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: DicomConfig(port=70000), "dicom.port: must be between 1 and 65535, got 70000"),
+        (lambda: DicomConfig(ae_title="WAY_TOO_LONG_AE_TITLE"), "dicom.ae_title: at most 16"),
+        (
+            lambda: DicomConfig(peer_addresses={"PACS": ("10.0.0.300",)}),
+            "dicom.peer_addresses.PACS: '10.0.0.300' is not an IP address or network",
+        ),
+        (
+            lambda: CompletionConfig(quiet_period_s=100, force_complete_s=10),
+            "completion.force_complete_s",
+        ),
+        (lambda: ServiceConfig(log_level="LOUD"), "service.log_level"),
+        (lambda: ModelConfig(thresholds={"knee": 0.5}), "model.thresholds.knee: unknown"),
+        (lambda: WorkerConfig(max_crashes=0), "worker.max_crashes: must be at least 1"),
+        (lambda: StorageConfig(min_free_bytes=-5), "storage.min_free_bytes: must be 0 or more"),
+        (
+            lambda: Destination("p", "P", "h", 104, tls_ca="ca.pem"),
+            "destination: TLS files are set but tls = false",
+        ),
+        (
+            lambda: Config(
+                destinations=(Destination("a", "A", "h", 104), Destination("a", "B", "h", 105))
+            ),
+            "destinations[1].name: duplicate destination name 'a'",
+        ),
+    ],
+)
+def test_a_configuration_built_in_code_is_checked_the_same_way(
+    build: Callable[[], object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        build()
+    assert message in str(info.value)
+
+
+def test_replacing_a_value_checks_it_again() -> None:
+    with pytest.raises(ConfigError, match=r"dicom\.port: must be between 1 and 65535, got 0"):
+        dataclasses.replace(Config().dicom, port=0)
+
+
+def test_a_destination_loaded_from_a_file_is_named_by_its_index(tmp_path: Path) -> None:
+    text = '[[destinations]]\nname = "ok"\nae_title = "OK"\nhost = "h"\nport = 1\n' + (
+        '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 0\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), environ={})
+    assert str(info.value) == "destinations[1].port: must be between 1 and 65535, got 0"
+
+
+def test_a_built_configuration_cannot_change(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            '[dicom.peer_addresses]\nPACS = ["10.0.0.1"]\n'
+            '[service.log_levels]\n"node.scp" = "DEBUG"\n'
+            "[model.thresholds]\nwrist = 0.45\n",
+        ),
+        environ={},
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.dicom.port = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        config.model.thresholds["wrist"] = 0.9  # type: ignore[index]
+    with pytest.raises(TypeError):
+        config.service.log_levels["node"] = "ERROR"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        config.dicom.peer_addresses["CT1"] = ("10.0.0.2",)  # type: ignore[index]
+    assert config.dicom.peer_addresses == {"PACS": ("10.0.0.1",)}
+    assert config.model.thresholds == {"wrist": 0.45}
+
+
+def test_values_given_as_lists_and_dicts_in_code_are_frozen() -> None:
+    thresholds = {"wrist": 0.4}
+    model = ModelConfig(cards=["a.json"], thresholds=thresholds)  # type: ignore[arg-type]
+    thresholds["wrist"] = 0.9  # the caller's dict is copied, not shared
+    assert model.cards == ("a.json",) and model.thresholds == {"wrist": 0.4}
+    destination = Destination("p", "P", "h", 104, objects=["sr"])  # type: ignore[arg-type]
+    assert destination.objects == ("sr",)
+
+
+def test_a_configuration_pickles_for_the_child_processes(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            '[dicom.peer_addresses]\nPACS = ["10.0.0.0/8"]\n[model.thresholds]\nhand = 0.3\n',
+        ),
+        environ={},
+    )
+    copy = pickle.loads(pickle.dumps(config))
+    assert copy == config
+    with pytest.raises(TypeError):
+        copy.model.thresholds["hand"] = 0.5

@@ -36,7 +36,8 @@ from node.dispatch import Dispatcher
 from node.engine import InferenceEngine
 from node.model import MuraDenseNet
 from node.service import Node
-from node.status import collect_status, render_history, render_status, study_history
+from node.status import collect_status, study_history
+from node.status_view import render_history, render_status
 from node.worker import Worker
 from tests import destination as dest
 from tests.conftest import FakeClock
@@ -522,9 +523,9 @@ def assert_visible(delivering: Delivering, study_uid: str, event: str, detail: s
     history = study_history(delivering.node.engine, study_uid)
     assert history is not None
     assert {"event": event, "detail": detail} in [
-        {k: e[k] for k in ("event", "detail")} for e in history["history"]
+        {k: getattr(e, k) for k in ("event", "detail")} for e in history.history
     ]
     assert event in render_history(history)
     report = collect_status(delivering.node.engine, delivering.clock())
-    assert [(r["event"], r["detail"]) for r in report["after_unanswered"]] == [(event, detail)]
+    assert [(r.event, r.detail) for r in report.after_unanswered] == [(event, detail)]
     assert detail[:60] in render_status(report, "test")

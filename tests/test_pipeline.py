@@ -137,18 +137,19 @@ def test_study_to_sr_and_heatmaps_in_orthanc(
     assert {i["StudyInstanceUID"] for i in received} == {study_uid}
     assert {d.state for d in pipeline.dispatches()} == {"SENT"}
 
-    from node.status import render_history, study_history
+    from node.status import study_history
+    from node.status_view import render_history
 
     history = study_history(pipeline.node.engine, study_uid[-12:])
-    assert history is not None and history["state"] == "DONE"
-    assert [e["event"] for e in history["history"]] == [
+    assert history is not None and history.state == "DONE"
+    assert [e.event for e in history.history] == [
         "opened",
         "ready",
         "claimed",
         "results",
         "done",
     ]
-    assert [d["state"] for d in history["deliveries"]] == ["SENT"] * 5
+    assert [d.state for d in history.deliveries] == ["SENT"] * 5
     assert "all results delivered" in render_history(history)
 
     # The SR that arrived says what the engine says about these images.
@@ -208,7 +209,7 @@ def test_undecodable_image_fails_the_study_with_a_reason(
         "input fault: image 1 of 1 cannot be used: cannot decode pixel data"
     )
     report = collect_status(pipeline.node.engine, pipeline.clock())
-    assert report["failed_studies"][0]["reason"] == study.reason
+    assert report.failed_studies[0].reason == study.reason
 
 
 def test_destination_down_then_back_gets_everything_once(
@@ -229,7 +230,7 @@ def test_destination_down_then_back_gets_everything_once(
     pipeline.dispatcher.run_once()
     assert {d.state for d in pipeline.dispatches()} == {"DEAD"}  # max_attempts = 3
     report = collect_status(pipeline.node.engine, pipeline.clock())
-    assert report["deliveries"]["DEAD"] == 4 and len(report["dead_letters"]) == 4
+    assert report.deliveries["DEAD"] == 4 and len(report.dead_letters) == 4
     assert pipeline.study(study_uid).state == "DISPATCHING"
 
     orthanc.start()

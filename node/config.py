@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from node.db import ResultKind
 from node.errors import ConfigError
 
 ENV_PREFIX = "MURA_NODE_"
@@ -135,7 +136,7 @@ class MetricsConfig:
 
 # The kinds of result object a destination can receive: the study's SR, the heatmap SC of each
 # image, the study's summary image (an SC), a presentation state of each image (GSPS).
-RESULT_KINDS = ("sr", "sc", "summary", "gsps")
+RESULT_KINDS: tuple[str, ...] = tuple(ResultKind)
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ class Destination:
     host: str
     port: int
     # Which results it receives (RESULT_KINDS); presentation states ("gsps") only when asked for.
-    objects: tuple[str, ...] = ("sr", "sc", "summary")
+    objects: tuple[str, ...] = (ResultKind.SR, ResultKind.SC, ResultKind.SUMMARY)
     tls: bool = False
     tls_ca: str = ""
     tls_certificate: str = ""

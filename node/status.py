@@ -17,7 +17,16 @@ from rich.text import Text
 from sqlalchemy import Engine, case, func, select
 from sqlalchemy.orm import Session
 
-from node.db import Dispatch, IngestRejection, Instance, Result, Study, StudyEvent, StudyState
+from node.db import (
+    DeliveryState,
+    Dispatch,
+    IngestRejection,
+    Instance,
+    Result,
+    Study,
+    StudyEvent,
+    StudyState,
+)
 from node.outbox import AFTER_UNANSWERED
 from node.profiles import Role
 from node.scheduler import short_uid
@@ -45,7 +54,7 @@ def _study_row(study: Study, images: int, others: int) -> dict[str, Any]:
     }
 
 
-DELIVERY_STATES = ("PENDING", "SENDING", "RETRY", "SENT", "DEAD")
+DELIVERY_STATES = tuple(state.value for state in DeliveryState)
 
 
 def state_counts(session: Session) -> tuple[dict[str, int], dict[str, int]]:
@@ -129,7 +138,7 @@ def collect_status(
             select(Dispatch, Result.kind, Study.study_instance_uid)
             .join(Result, Result.id == Dispatch.result_id)
             .join(Study, Study.id == Result.study_id)
-            .where(Dispatch.state == "DEAD")
+            .where(Dispatch.state == DeliveryState.DEAD)
             .order_by(Dispatch.updated_at.desc())
             .limit(limit)
         ).all()
@@ -195,15 +204,15 @@ def _clock(value: str | None) -> str:
     return "-" if value is None else value[:19].replace("T", " ")
 
 
-STATE_STYLES = {
-    "RECEIVING": "cyan",
-    "READY": "yellow",
-    "PROCESSING": "bold yellow",
-    "DISPATCHING": "blue",
-    "DONE": "green",
-    "IGNORED": "dim",
-    "FAILED": "bold red",
-    "DEAD": "bold red",
+STATE_STYLES: dict[str, str] = {
+    StudyState.RECEIVING: "cyan",
+    StudyState.READY: "yellow",
+    StudyState.PROCESSING: "bold yellow",
+    StudyState.DISPATCHING: "blue",
+    StudyState.DONE: "green",
+    StudyState.IGNORED: "dim",
+    StudyState.FAILED: "bold red",
+    DeliveryState.DEAD: "bold red",
 }
 
 

@@ -47,18 +47,22 @@ AFTER_UNANSWERED = (StudyEventName.DELIVERY_CONFIRMED, StudyEventName.SENT_AGAIN
 
 @dataclass(frozen=True)
 class Delivery:
-    id: int
-    destination: str
-    file_path: str
+    """One result object to send to one destination, as taken from the outbox."""
+
+    id: int  # the dispatch row
+    destination: str  # the destination's configured name
+    file_path: str  # the result file, relative to the data directory
     sop_class_uid: str
     sop_instance_uid: str
-    attempts: int
+    attempts: int  # attempts counted so far (each one failed, or it would be SENT)
     study_id: int
-    kind: ResultKind = ResultKind.SR  # the result's kind
-    unanswered: bool = False
+    kind: ResultKind = ResultKind.SR  # which result it is (its SOP class follows from it)
+    unanswered: bool = False  # the last attempt sent the data set and got no response
 
 
 class Outbox:
+    """The deliveries in the database: take the due ones, record what became of them."""
+
     def __init__(self, engine: Engine, clock: Clock = utcnow) -> None:
         self.engine = engine
         self.clock = clock

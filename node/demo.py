@@ -30,10 +30,12 @@ from node.config import (
     DispatchConfig,
     StorageConfig,
 )
+from node.db import ResultKind
 from node.results.summary import SUMMARY_SERIES_DESCRIPTION
 from node.service import Node
 
 RECEIVER_AE = "DEMO_PACS"
+HEATMAP_PREFIX = "heatmap"  # file names of the received heatmap SCs (ResultKind.SC)
 VIEWS = ("PA", "OBLIQUE", "LATERAL")
 
 
@@ -113,13 +115,14 @@ class Receiver:
         ds = event.dataset
         ds.file_meta = event.file_meta
         if ds.Modality == "SR":
-            kind = "sr"
+            kind = ResultKind.SR
         elif ds.get("SeriesDescription") == SUMMARY_SERIES_DESCRIPTION:
-            kind = "summary"
+            kind = ResultKind.SUMMARY
         else:
-            kind = "heatmap"
+            kind = ResultKind.SC
+        prefix = HEATMAP_PREFIX if kind is ResultKind.SC else kind.value
         with self.lock:
-            path = self.directory / f"{kind}-{len(self.received) + 1}.dcm"
+            path = self.directory / f"{prefix}-{len(self.received) + 1}.dcm"
             ds.save_as(path, enforce_file_format=True)
             self.received.append(path)
         return 0x0000
@@ -192,7 +195,7 @@ def _summarise(received: list[Path], root: Path, untrained: bool) -> None:
 
     from node.results.sr import read_summary
 
-    sr_path = next(p for p in received if p.name.startswith("sr"))
+    sr_path = next(p for p in received if p.name.startswith(ResultKind.SR))
     summary = read_summary(dcmread(sr_path))
     print()
     if untrained:
@@ -206,10 +209,12 @@ def _summarise(received: list[Path], root: Path, untrained: bool) -> None:
         print(f"  image {index} ({VIEWS[index - 1].lower():<8}): probability {probability:.3f}")
     previews = root / "previews"
     previews.mkdir(exist_ok=True)
-    for path in sorted(p for p in received if p.name.startswith(("heatmap", "summary"))):
+    for path in sorted(
+        p for p in received if p.name.startswith((HEATMAP_PREFIX, ResultKind.SUMMARY))
+    ):
         Image.fromarray(dcmread(path).pixel_array).save(previews / f"{path.stem}.png")
     print(f"  SR              : {sr_path}")
-    print(f"  heatmaps (SC)   : {root / 'pacs'}/heatmap-*.dcm")
+    print(f"  heatmaps (SC)   : {root / 'pacs'}/{HEATMAP_PREFIX}-*.dcm")
     print(f"  summary (SC)    : {root / 'pacs'}/summary-*.dcm")
     print(f"  previews (PNG)  : {previews}")
     print(f"  node data       : {root / 'node'}")

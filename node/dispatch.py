@@ -26,9 +26,11 @@ from pydicom.dataset import Dataset
 
 from node import metrics
 from node.config import Config, Destination
-from node.db import make_engine
-from node.outbox import CONFIRMED, SENT_AGAIN, Delivery, Event, Outbox
+from node.db import DeliveryState, StudyEventName, make_engine
+from node.metrics import DeliveryOutcome
+from node.outbox import Delivery, Event, Outbox
 from node.repository import Clock, utcnow
+from node.retry import Retry
 from node.scu import SCU, STORED, Link
 from node.stopflag import StopFlag
 from node.storage import FileStore
@@ -46,6 +48,9 @@ class Dispatcher:
         self.store = FileStore(config.storage.data_dir)
         self.db = make_engine(config.database_url)
         self.outbox = Outbox(self.db, clock)
+        self.retry = Retry.of_seconds(
+            self.settings.first_retry_s, self.settings.max_retry_s, self.settings.max_attempts
+        )
         self.scu = SCU(config.dicom.ae_title, self.settings.timeout_s)
 
     def run_once(self) -> int:
@@ -116,8 +121,8 @@ class Dispatcher:
                     f"{what} held by the destination (C-FIND) after an attempt without "
                     "response; not sent again"
                 )
-                self.outbox.confirmed(delivery, (CONFIRMED, detail))
-                metrics.delivery(name, "stored")
+                self.outbox.confirmed(delivery, (StudyEventName.DELIVERY_CONFIRMED, detail))
+                metrics.delivery(name, DeliveryOutcome.STORED)
                 log.info("%s holds the %s already (C-FIND)", name, delivery.kind.upper())
                 return
             if held is None:  # may hold it: say so when it goes again
@@ -127,7 +132,7 @@ class Dispatcher:
                     else "answered the C-FIND with a failure"
                 )
                 event = (
-                    SENT_AGAIN,
+                    StudyEventName.SENT_AGAIN,
                     f"{what} sent again after an attempt without response; {name} {why}, "
                     "so it may hold the object twice or have replaced it",
                 )
@@ -151,7 +156,7 @@ class Dispatcher:
             self._failed(delivery, None, error, unanswered=True, event=event)
         elif code in STORED:
             self.outbox.sent(delivery, code, event)
-            metrics.delivery(name, "stored")
+            metrics.delivery(name, DeliveryOutcome.STORED)
             log.info("delivered %s to %s (0x%04X)", delivery.kind.upper(), name, code)
         else:
             comment = str(status.get("ErrorComment", "") or "")
@@ -171,14 +176,15 @@ class Dispatcher:
             delivery,
             status,
             error,
-            self.settings.max_attempts,
-            self.settings.first_retry_s,
-            self.settings.max_retry_s,
+            self.retry,
             unanswered=unanswered,
             event=event,
         )
-        metrics.delivery(delivery.destination, "dead" if state == "DEAD" else "failed")
-        level = logging.WARNING if state == "DEAD" else logging.INFO
+        dead = state == DeliveryState.DEAD
+        metrics.delivery(
+            delivery.destination, DeliveryOutcome.DEAD if dead else DeliveryOutcome.FAILED
+        )
+        level = logging.WARNING if dead else logging.INFO
         log.log(level, "delivery to %s failed (%s): %s", delivery.destination, state, error)
 
 

@@ -14,6 +14,7 @@ When metrics are off, every recording function below does nothing.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import shutil
@@ -29,6 +30,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 _metrics: dict[str, Any] = {}
+
+
+class DeliveryOutcome(enum.StrEnum):
+    """The ``outcome`` label of ``mura_node_deliveries``: what one delivery attempt came to."""
+
+    STORED = "stored"  # the destination holds the object (a success or warning status, or C-FIND)
+    FAILED = "failed"  # a failed attempt, to be retried
+    DEAD = "dead"  # a failed attempt that dead-lettered the delivery
 
 
 def prepare_directory(directory: Path) -> None:
@@ -78,7 +87,8 @@ def inference_per_image(seconds: float) -> None:
         _metrics["inference"].observe(seconds)
 
 
-def delivery(destination: str, outcome: str) -> None:
+def delivery(destination: str, outcome: DeliveryOutcome) -> None:
+    """Count one delivery attempt to ``destination`` (its configured name) by outcome."""
     if _enabled():
         _metrics["deliveries"].labels(destination, outcome).inc()
 

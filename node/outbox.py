@@ -1,9 +1,10 @@
 """Database side of delivering results: which deliveries are due, and what happened to them.
 
 A delivery (one result object to one destination) is PENDING, then SENDING while a dispatcher
-holds it, then SENT once the destination acknowledged it. A failure makes it RETRY with an
-exponential back-off, and after ``dispatch.max_attempts`` DEAD (dead-lettered, shown in `status`,
-re-queued by `mura-node retry`). A SENDING delivery whose dispatcher died becomes due again when
+holds it, then SENT once the destination acknowledged it (node.db.DeliveryState). A failure
+makes it RETRY with an exponential back-off, and after ``dispatch.max_attempts`` DEAD
+(dead-lettered, shown in `status`, re-queued by `mura-node retry`); node/retry.py holds that
+policy. A SENDING delivery whose dispatcher died becomes due again when
 its lease runs out. Once every delivery of a study is SENT, the study is DONE.
 
 SENT is written only after the destination's response, so a delivery is never repeated after an
@@ -12,7 +13,8 @@ acknowledgement that was recorded; a crash between the response and the commit m
 
 ``unanswered`` marks a delivery whose last attempt sent the data set and got no response: the
 destination may hold it. The dispatcher asks before sending it again (C-FIND) where it can, and
-records in the study's history what it did (``confirmed``, or an event with the next attempt).
+records in the study's history what it did (``delivery confirmed``, or ``sent again`` with the
+attempt).
 """
 
 from __future__ import annotations
@@ -23,35 +25,44 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
-from node.db import Dispatch, Result, Study, StudyEvent, StudyState
+from node.db import (
+    DUE_DELIVERY_STATES,
+    DeliveryState,
+    Dispatch,
+    Result,
+    ResultKind,
+    Study,
+    StudyEvent,
+    StudyEventName,
+    StudyState,
+)
 from node.repository import Clock, utcnow
+from node.retry import Retry
 
-DUE_STATES = ("PENDING", "RETRY", "SENDING")
-Event = tuple[str, str]  # a study event for the history: (event, detail)
-CONFIRMED = "delivery confirmed"  # held by the destination (C-FIND) after a lost response
-SENT_AGAIN = "sent again"  # sent again after a lost response, without that confirmation
-AFTER_UNANSWERED = (CONFIRMED, SENT_AGAIN)
-
-
-def retry_delay(attempts: int, first_s: float, max_s: float) -> timedelta:
-    """Back-off after the ``attempts``-th failure: first_s, 2 first_s, 4 first_s ... max_s."""
-    return timedelta(seconds=min(max_s, first_s * 2 ** max(0, attempts - 1)))
+Event = tuple[StudyEventName, str]  # a study event for the history: (event, detail)
+# What the dispatcher did with a delivery whose last attempt got no response: the destination
+# held it (C-FIND), or it was sent again without that confirmation.
+AFTER_UNANSWERED = (StudyEventName.DELIVERY_CONFIRMED, StudyEventName.SENT_AGAIN)
 
 
 @dataclass(frozen=True)
 class Delivery:
-    id: int
-    destination: str
-    file_path: str
+    """One result object to send to one destination, as taken from the outbox."""
+
+    id: int  # the dispatch row
+    destination: str  # the destination's configured name
+    file_path: str  # the result file, relative to the data directory
     sop_class_uid: str
     sop_instance_uid: str
-    attempts: int
+    attempts: int  # attempts counted so far (each one failed, or it would be SENT)
     study_id: int
-    kind: str = "sr"  # the result's kind: one of node.config.RESULT_KINDS
-    unanswered: bool = False
+    kind: ResultKind = ResultKind.SR  # which result it is (its SOP class follows from it)
+    unanswered: bool = False  # the last attempt sent the data set and got no response
 
 
 class Outbox:
+    """The deliveries in the database: take the due ones, record what became of them."""
+
     def __init__(self, engine: Engine, clock: Clock = utcnow) -> None:
         self.engine = engine
         self.clock = clock
@@ -64,14 +75,14 @@ class Outbox:
             rows = session.execute(
                 select(Dispatch, Result)
                 .join(Result, Result.id == Dispatch.result_id)
-                .where(Dispatch.state.in_(DUE_STATES), Dispatch.next_attempt_at <= now)
+                .where(Dispatch.state.in_(DUE_DELIVERY_STATES), Dispatch.next_attempt_at <= now)
                 .order_by(Dispatch.next_attempt_at, Dispatch.id)
                 .limit(limit)
                 .with_for_update(skip_locked=True, of=Dispatch)
             ).all()
             taken = []
             for dispatch, result in rows:
-                dispatch.state = "SENDING"
+                dispatch.state = DeliveryState.SENDING
                 dispatch.next_attempt_at = now + lease
                 dispatch.updated_at = now
                 taken.append(
@@ -83,7 +94,7 @@ class Outbox:
                         result.sop_instance_uid,
                         dispatch.attempts,
                         result.study_id,
-                        result.kind,
+                        ResultKind(result.kind),
                         dispatch.unanswered,
                     )
                 )
@@ -105,9 +116,9 @@ class Outbox:
         with Session(self.engine) as session, session.begin():
             session.execute(
                 update(Dispatch)
-                .where(Dispatch.id == delivery.id, Dispatch.state == "SENDING")
+                .where(Dispatch.id == delivery.id, Dispatch.state == DeliveryState.SENDING)
                 .values(
-                    state="RETRY" if delivery.attempts else "PENDING",
+                    state=DeliveryState.RETRY if delivery.attempts else DeliveryState.PENDING,
                     next_attempt_at=now,
                     updated_at=now,
                 )
@@ -122,7 +133,7 @@ class Outbox:
                 update(Dispatch)
                 .where(Dispatch.id == delivery.id)
                 .values(
-                    state="SENT",
+                    state=DeliveryState.SENT,
                     last_status=status,
                     last_error=None,
                     unanswered=False,
@@ -136,7 +147,7 @@ class Outbox:
                 select(func.count())
                 .select_from(Dispatch)
                 .join(Result, Result.id == Dispatch.result_id)
-                .where(Result.study_id == delivery.study_id, Dispatch.state != "SENT")
+                .where(Result.study_id == delivery.study_id, Dispatch.state != DeliveryState.SENT)
             )
             if not open_left:
                 done = session.execute(
@@ -149,7 +160,7 @@ class Outbox:
                         StudyEvent(
                             study_id=delivery.study_id,
                             at=now,
-                            event="done",
+                            event=StudyEventName.DONE,
                             detail="all results delivered",
                         )
                     )
@@ -159,27 +170,25 @@ class Outbox:
         delivery: Delivery,
         status: int | None,
         error: str,
-        max_attempts: int,
-        first_s: float,
-        max_s: float,
+        retry: Retry,
         *,
         unanswered: bool | None = None,
         event: Event | None = None,
-    ) -> str:
-        """Record a failed attempt; returns the new state (RETRY or DEAD). ``unanswered``: True
-        when the attempt sent the data set and got no response, False when a response came,
-        None when nothing was sent (the flag stays as it was)."""
+    ) -> DeliveryState:
+        """Record a failed attempt; returns the new state: RETRY, due after ``retry``'s back-off,
+        or DEAD once ``retry`` is exhausted. ``unanswered``: True when the attempt sent the data
+        set and got no response, False when a response came, None when nothing was sent (the
+        flag stays as it was)."""
         now = self.clock()
         attempts = delivery.attempts + 1
-        state = "DEAD" if attempts >= max_attempts else "RETRY"
+        due = retry.next_attempt_at(attempts, now)
+        state = DeliveryState.DEAD if due is None else DeliveryState.RETRY
         values: dict[str, object] = {
             "state": state,
             "attempts": attempts,
             "last_status": status,
             "last_error": error[:500],
-            "next_attempt_at": None
-            if state == "DEAD"
-            else now + retry_delay(attempts, first_s, max_s),
+            "next_attempt_at": due,
             "updated_at": now,
         }
         if unanswered is not None:
@@ -188,12 +197,12 @@ class Outbox:
             session.execute(update(Dispatch).where(Dispatch.id == delivery.id).values(**values))
             if event is not None:
                 session.add(_event(delivery, now, event))
-            if state == "DEAD":
+            if state == DeliveryState.DEAD:
                 session.add(
                     StudyEvent(
                         study_id=delivery.study_id,
                         at=now,
-                        event="dead letter",
+                        event=StudyEventName.DEAD_LETTER,
                         detail=f"{delivery.destination}: {error[:200]} after {attempts} attempts",
                     )
                 )
@@ -205,8 +214,10 @@ class Outbox:
         with Session(self.engine) as session, session.begin():
             result = session.execute(
                 update(Dispatch)
-                .where(Dispatch.state == "DEAD")
-                .values(state="PENDING", attempts=0, next_attempt_at=now, updated_at=now)
+                .where(Dispatch.state == DeliveryState.DEAD)
+                .values(
+                    state=DeliveryState.PENDING, attempts=0, next_attempt_at=now, updated_at=now
+                )
             )
             return int(result.rowcount)  # type: ignore[attr-defined]
 

@@ -32,7 +32,14 @@ from typing import Any, cast
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    ComprehensiveSRStorage,
+    ExplicitVRLittleEndian,
+    GrayscaleSoftcopyPresentationStateStorage,
+    ImplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+)
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
@@ -43,14 +50,15 @@ from node.config import Destination
 
 log = logging.getLogger(__name__)
 
-COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-GRAYSCALE_SOFTCOPY_PRESENTATION_STATE = "1.2.840.10008.5.1.4.1.1.11.1"
+COMPREHENSIVE_SR = ComprehensiveSRStorage  # the SR (ResultKind.SR)
+SECONDARY_CAPTURE = SecondaryCaptureImageStorage  # heatmaps and the summary image
+GRAYSCALE_SOFTCOPY_PRESENTATION_STATE = GrayscaleSoftcopyPresentationStateStorage  # GSPS
 RESULT_CLASSES = (COMPREHENSIVE_SR, SECONDARY_CAPTURE, GRAYSCALE_SOFTCOPY_PRESENTATION_STATE)
 RESULT_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+# Study Root Query/Retrieve Information Model - FIND (pydicom 3.0 has no constant for it)
+STUDY_ROOT_FIND = UID("1.2.840.10008.5.1.4.1.2.2.1")
 STORED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})  # success and the storage warnings
-PENDING = frozenset({0xFF00, 0xFF01})
+FIND_PENDING = frozenset({0xFF00, 0xFF01})  # C-FIND: a match follows (PS3.4 C.4.1.1.4)
 
 
 def class_name(uid: str) -> str:
@@ -191,7 +199,7 @@ class Link:
         found = False
         for status, identifier in self.assoc.send_c_find(query, STUDY_ROOT_FIND):
             code = int(status.Status) if "Status" in status else None
-            if code in PENDING:
+            if code in FIND_PENDING:
                 found = found or (
                     identifier is not None
                     and str(identifier.get("SOPInstanceUID", "")) == header.SOPInstanceUID

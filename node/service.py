@@ -36,6 +36,7 @@ from node.processing import ProcessingRepository
 from node.profiles import load_storage_profile, load_vocabulary
 from node.repository import Clock, Repository, utcnow
 from node.retention import purge_delivered
+from node.retry import Retry
 from node.scheduler import CompletionScheduler
 from node.scp import StoreHandler, StoreSCP
 from node.stopflag import PipeStop
@@ -43,6 +44,11 @@ from node.storage import FileStore
 from node.tls import client_context
 
 log = logging.getLogger(__name__)
+
+# A child process that dies within RAN_LONG_S seconds of its start is restarted after 1, 2, 4 ...
+# at most 60 seconds (counted over its deaths in a row); one that ran longer after 1 second.
+RESTART = Retry.of_seconds(1.0, 60.0)
+RAN_LONG_S = 60.0
 
 
 class Node:
@@ -105,7 +111,7 @@ class Node:
         self.roles = ["worker"] * config.worker.processes + ["dispatcher"]
         self.started_at: dict[int, float] = {}
         self.restart_at: dict[int, float] = {}
-        self.backoff: dict[int, float] = {}
+        self.quick_deaths: dict[int, int] = {}  # deaths in a row within RAN_LONG_S of a start
 
     def start(self, children: bool = True) -> None:
         self.scheduler.start()
@@ -164,9 +170,10 @@ class Node:
             due = self.restart_at.get(index)
             if due is None:
                 exit_description = _describe_exit(process.exitcode)
-                ran_long = now - self.started_at.get(index, now) >= 60.0
-                delay = 1.0 if ran_long else self.backoff.get(index, 1.0)
-                self.backoff[index] = min(60.0, delay * 2)
+                ran_long = now - self.started_at.get(index, now) >= RAN_LONG_S
+                deaths = 1 if ran_long else self.quick_deaths.get(index, 0) + 1
+                self.quick_deaths[index] = deaths
+                delay = RESTART.delay(deaths).total_seconds()
                 self.restart_at[index] = now + delay
                 log.error("%s %s; restarting it in %.0f s", process.name, exit_description, delay)
                 if self.roles[index] == "worker" and process.pid is not None:

@@ -13,7 +13,16 @@ from types import MappingProxyType
 from sqlalchemy import Engine, case, func, select
 from sqlalchemy.orm import Session
 
-from node.db import Dispatch, IngestRejection, Instance, Result, Study, StudyEvent, StudyState
+from node.db import (
+    DeliveryState,
+    Dispatch,
+    IngestRejection,
+    Instance,
+    Result,
+    Study,
+    StudyEvent,
+    StudyState,
+)
 from node.metrics import state_counts
 from node.outbox import AFTER_UNANSWERED
 from node.profiles import Role
@@ -124,7 +133,7 @@ def collect_status(
             select(Dispatch, Result.kind, Study.study_instance_uid)
             .join(Result, Result.id == Dispatch.result_id)
             .join(Study, Study.id == Result.study_id)
-            .where(Dispatch.state == "DEAD")
+            .where(Dispatch.state == DeliveryState.DEAD)
             .order_by(Dispatch.updated_at.desc())
             .limit(limit)
         ).all()

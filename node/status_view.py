@@ -20,6 +20,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from node.db import DeliveryState, StudyState
 from node.reports import QueueReport, StudyDetail, StudyRow, as_json, hex_status, iso
 
 
@@ -39,15 +40,15 @@ def _clock(value: datetime | None) -> str:
     return "-" if text is None else text[:19].replace("T", " ")
 
 
-STATE_STYLES = {
-    "RECEIVING": "cyan",
-    "READY": "yellow",
-    "PROCESSING": "bold yellow",
-    "DISPATCHING": "blue",
-    "DONE": "green",
-    "IGNORED": "dim",
-    "FAILED": "bold red",
-    "DEAD": "bold red",
+STATE_STYLES: dict[str, str] = {
+    StudyState.RECEIVING: "cyan",
+    StudyState.READY: "yellow",
+    StudyState.PROCESSING: "bold yellow",
+    StudyState.DISPATCHING: "blue",
+    StudyState.DONE: "green",
+    StudyState.IGNORED: "dim",
+    StudyState.FAILED: "bold red",
+    DeliveryState.DEAD: "bold red",
 }
 
 

@@ -298,8 +298,8 @@ def _status(
     from rich.console import Console
     from rich.live import Live
 
+    from node.clock import utcnow
     from node.db import check_schema, safe_url
-    from node.repository import utcnow
     from node.status import collect_status, render_status, status_view
 
     url = safe_url(config.database_url)

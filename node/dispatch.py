@@ -25,10 +25,10 @@ from datetime import timedelta
 from pydicom.dataset import Dataset
 
 from node import metrics
+from node.clock import Clock, utcnow
 from node.config import Config, Destination
 from node.db import make_engine
 from node.outbox import CONFIRMED, SENT_AGAIN, Delivery, Event, Outbox
-from node.repository import Clock, utcnow
 from node.scu import SCU, STORED, Link
 from node.stopflag import StopFlag
 from node.storage import FileStore

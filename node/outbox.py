@@ -23,8 +23,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
+from node.clock import Clock, utcnow
 from node.db import Dispatch, Result, Study, StudyEvent, StudyState
-from node.repository import Clock, utcnow
 
 DUE_STATES = ("PENDING", "RETRY", "SENDING")
 Event = tuple[str, str]  # a study event for the history: (event, detail)

@@ -20,8 +20,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, exists, select, update
 from sqlalchemy.orm import Session
 
+from node.clock import Clock, utcnow
 from node.db import Dispatch, Instance, Result, Study, StudyEvent, StudyState
-from node.repository import Clock, utcnow
 from node.storage import FileStore
 
 log = logging.getLogger(__name__)

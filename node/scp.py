@@ -58,8 +58,8 @@ from node.errors import (
     UnreadableDataset,
 )
 from node.headers import Header, header_of, study_of_partial_data_set
+from node.ingest import IngestOutcome, IngestRecords, InstanceRecord
 from node.profiles import Role, StorageProfile
-from node.repository import IngestOutcome, InstanceRecord, Repository
 from node.scp_requests import check_requests, request_problem
 from node.storage import FileStore
 from node.tls import server_context
@@ -146,7 +146,7 @@ class StoreHandler:
     def __init__(
         self,
         store: FileStore,
-        repository: Repository,
+        repository: IngestRecords,
         profile: StorageProfile,
         threads: int = 16,
         *,

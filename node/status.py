@@ -17,10 +17,10 @@ from rich.text import Text
 from sqlalchemy import Engine, case, func, select
 from sqlalchemy.orm import Session
 
+from node.clock import short_uid
 from node.db import Dispatch, IngestRejection, Instance, Result, Study, StudyEvent, StudyState
 from node.outbox import AFTER_UNANSWERED
 from node.profiles import Role
-from node.scheduler import short_uid
 
 WAITING = (StudyState.RECEIVING, StudyState.READY, StudyState.PROCESSING, StudyState.DISPATCHING)
 

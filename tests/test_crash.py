@@ -60,9 +60,9 @@ def test_a_study_that_kills_its_workers_ends_failed(
     uid = ready_study(node, clock, tmp_path)
     for attempt in (1, 2, 3):
         worker_id = f"host-a:{1000 + attempt}:1"
-        claimed = node.repository.claim_ready_study(worker_id, timedelta(seconds=60))
+        claimed = node.work_queue.claim_ready_study(worker_id, timedelta(seconds=60))
         assert claimed is not None and claimed.study_instance_uid == uid
-        released = node.processing.reclaim_dead_worker(f"host-a:{1000 + attempt}:", "was killed")
+        released = node.work_queue.reclaim_dead_worker(f"host-a:{1000 + attempt}:", "was killed")
         assert released == 1
         assert study_row(node, uid).state == ("FAILED" if attempt == 3 else "READY")
     study = study_row(node, uid)
@@ -78,16 +78,16 @@ def test_heartbeat_keeps_a_claim_and_a_silent_worker_loses_it(
     node = make_node(clock=clock, database={"url": database_url})
     uid = ready_study(node, clock, tmp_path)
     lease = timedelta(seconds=60)
-    assert node.repository.claim_ready_study("host-a:1:1", lease) is not None
+    assert node.work_queue.claim_ready_study("host-a:1:1", lease) is not None
     for _ in range(5):  # alive: it renews every lease / 4
         clock.advance(15)
-        assert node.processing.renew_leases("host-a:1:1", lease) == 1
-        assert node.processing.reclaim_expired() == 0
+        assert node.work_queue.renew_leases("host-a:1:1", lease) == 1
+        assert node.work_queue.reclaim_expired() == 0
     assert study_row(node, uid).state == "PROCESSING"
     clock.advance(61)  # silent for a whole lease: another worker may take it
-    assert node.processing.reclaim_expired() == 1
+    assert node.work_queue.reclaim_expired() == 1
     assert study_row(node, uid).state == "READY"
-    assert node.processing.renew_leases("host-a:1:1", lease) == 0  # the old worker lost it
+    assert node.work_queue.renew_leases("host-a:1:1", lease) == 0  # the old worker lost it
 
 
 def echo(port: int) -> bool:

@@ -18,10 +18,10 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # A literal default lets SQLite add the column in place: a SQL expression would make batch
+    # mode copy the table, which the foreign keys onto studies forbid.
     with op.batch_alter_table("studies", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("crashes", sa.Integer(), nullable=False, server_default=sa.text("0"))
-        )
+        batch_op.add_column(sa.Column("crashes", sa.Integer(), nullable=False, server_default="0"))
     op.execute(
         "UPDATE studies SET crashes = (SELECT count(*) FROM study_events"
         " WHERE study_events.study_id = studies.id AND study_events.event = 'reclaimed')"

@@ -102,8 +102,8 @@ def retry(args: argparse.Namespace, config: Config) -> int:
 
 def status(args: argparse.Namespace, config: Config) -> int:
     """`status`: the queue, once or every ``--watch`` seconds; exit 2 for a bad interval."""
+    from node.clock import utcnow
     from node.db import check_schema, safe_url
-    from node.repository import utcnow
     from node.status import collect_status
     from node.status_view import print_status
 

@@ -138,6 +138,8 @@ class Study(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     held_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # How many times a worker died on the study (lease ran out, process died); never reset.
+    crashes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Instance(Base):

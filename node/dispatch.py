@@ -25,11 +25,11 @@ from datetime import timedelta
 from pydicom.dataset import Dataset
 
 from node import metrics
+from node.clock import Clock, utcnow
 from node.config import Config, Destination
 from node.db import DeliveryState, StudyEventName, make_engine
 from node.metrics import DeliveryOutcome
 from node.outbox import Delivery, Event, Outbox
-from node.repository import Clock, utcnow
 from node.retry import Retry
 from node.scu import SCU, STORED, Link
 from node.stopflag import StopFlag

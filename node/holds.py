@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection
 from datetime import timedelta
 
 from node.config import CompletionConfig
-from node.repository import Repository
+from node.ingest import IngestRecords
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class HoldRenewer:
     def __init__(
         self,
         studies_in_flight: Callable[[], Collection[str]],
-        repository: Repository,
+        repository: IngestRecords,
         interval_s: float,
     ) -> None:
         self.studies_in_flight = studies_in_flight

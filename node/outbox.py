@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
+from node.clock import Clock, utcnow
 from node.db import (
     DUE_DELIVERY_STATES,
     DeliveryState,
@@ -36,7 +37,6 @@ from node.db import (
     StudyEventName,
     StudyState,
 )
-from node.repository import Clock, utcnow
 from node.retry import Retry
 
 Event = tuple[StudyEventName, str]  # a study event for the history: (event, detail)

@@ -1,13 +1,29 @@
-"""Database side of processing a claimed study: its images, its results, its end state.
+"""The work role's queue: claim a READY study, renew its lease, record its end, reclaim it.
+
+A claimed study's whole life on the database side is one class, `WorkQueue`:
+
+* ``claim_ready_study`` takes the oldest READY study (``SELECT ... FOR UPDATE SKIP LOCKED`` on
+  PostgreSQL, so workers on several machines never take the same study; ``BEGIN IMMEDIATE`` on
+  SQLite) and moves it to PROCESSING under a lease;
+* ``renew_leases`` is the worker's heartbeat;
+* ``finish`` records the results, a delivery per destination and object, and DISPATCHING (or DONE
+  without destinations); ``fail`` ends the study FAILED with a reason;
+* ``reclaim_expired`` returns to READY the studies whose worker stopped renewing its lease (it died,
+  or its machine did); every worker's heartbeat runs it after renewing its own leases, so a live
+  claim is never taken back, and two workers reclaiming at once (on several machines sharing a
+  PostgreSQL queue) return each study once: the rows are locked ``FOR UPDATE SKIP LOCKED`` and
+  changed only while still PROCESSING. ``reclaim_dead_worker`` returns, at once, the studies of
+  a local worker process that `serve` saw die.
 
 Every end state is a compare-and-set on (state PROCESSING, generation, claimed_by): a study that
 was re-opened by a late image while it was being processed keeps its new state, and the work done
 for the old generation is thrown away (its files removed by the caller); the new generation is
-processed again. A worker renews the leases of its claims while it works (a heartbeat); a claim
-whose lease ran out (its worker or its machine died) is returned to READY by ``reclaim_expired``,
-which the completion tick runs, and ``serve`` returns the claims of a local worker process that
-died at once (``reclaim_dead_worker``). A study on which workers died ``worker.max_crashes``
-times ends FAILED instead.
+processed again.
+
+Crash accounting: each reclaim adds one to the study's ``crashes`` counter (a column, in the same
+transaction). A study whose workers have died on it ``worker.max_crashes`` times, counted over its
+whole life (a re-opened study keeps its count), ends FAILED instead of going back to READY, so an
+image that crashes a decoder cannot take every worker down in turn, for ever.
 """
 
 from __future__ import annotations
@@ -17,16 +33,35 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
+from node.clock import Clock, utcnow
 from node.config import Destination
-from node.db import Dispatch, Instance, Result, Study, StudyEvent, StudyState
+from node.db import (
+    DeliveryState,
+    Dispatch,
+    Instance,
+    Result,
+    ResultKind,
+    Study,
+    StudyEvent,
+    StudyEventName,
+    StudyState,
+)
 from node.profiles import Role
-from node.repository import ClaimedStudy, Clock, utcnow
 
-# The event a study's history gets each time its worker died on it; counted for max_crashes.
-RECLAIMED_EVENT = "reclaimed"
+
+@dataclass(frozen=True)
+class ClaimedStudy:
+    """A study this worker took: the generation it took (the claim holds for that one only),
+    its study type and when it became READY (aware UTC; for the queue-wait metric)."""
+
+    study_id: int
+    study_instance_uid: str
+    generation: int
+    study_type: str | None
+    ready_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -38,21 +73,71 @@ class StudyImage:
 
 @dataclass(frozen=True)
 class ResultFile:
-    kind: str  # one of node.config.RESULT_KINDS: "sr", "sc", "summary", "gsps"
+    """A result object written to results/ (``file_path`` relative to the data directory)."""
+
+    kind: ResultKind
     sop_class_uid: str
     sop_instance_uid: str
     file_path: str
 
 
-class ProcessingRepository:
-    def __init__(self, engine: Engine, clock: Clock = utcnow, max_crashes: int = 3) -> None:
-        self.engine = engine
+class WorkQueue:
+    """The study queue as the workers see it, in ``database`` (a SQLAlchemy engine), at the time
+    ``clock`` gives (aware UTC). ``max_crashes`` (at least 1) is how many times workers may die
+    on one study before it ends FAILED."""
+
+    def __init__(self, database: Engine, clock: Clock = utcnow, max_crashes: int = 3) -> None:
+        self.database = database
         self.clock = clock
         self.max_crashes = max_crashes
 
+    def claim_ready_study(self, worker_id: str, lease: timedelta) -> ClaimedStudy | None:
+        """Atomically take the oldest READY study for processing under a ``lease`` from now;
+        None when there is none. ``worker_id`` ("host:pid:thread", cut to 128 characters) is
+        stamped on the claim."""
+        now = self.clock()
+        with Session(self.database) as session, session.begin():
+            study = session.scalar(
+                select(Study)
+                .where(Study.state == StudyState.READY)
+                .order_by(Study.state_changed_at, Study.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            if study is None:
+                return None
+            claimed = session.execute(
+                update(Study)
+                .where(Study.id == study.id, Study.state == StudyState.READY)
+                .values(
+                    state=StudyState.PROCESSING,
+                    claimed_by=worker_id[:128],
+                    lease_expires_at=now + lease,
+                    state_changed_at=now,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            session.add(
+                StudyEvent(
+                    study_id=study.id,
+                    at=now,
+                    event=StudyEventName.CLAIMED,
+                    detail=f"by {worker_id}",
+                )
+            )
+            return ClaimedStudy(
+                study.id,
+                study.study_instance_uid,
+                study.generation,
+                study.study_type,
+                study.state_changed_at,
+            )
+
     def images(self, claimed: ClaimedStudy) -> list[StudyImage]:
         """The study's analysed images of its study type, in arrival order."""
-        with Session(self.engine) as session:
+        with Session(self.database) as session:
             rows = session.execute(
                 select(Instance.id, Instance.sop_instance_uid, Instance.file_path)
                 .where(
@@ -67,10 +152,10 @@ class ProcessingRepository:
 
     def latest_report(self, study_id: int) -> str | None:
         """The file of the study's newest SR, to name as predecessor of the next one."""
-        with Session(self.engine) as session:
+        with Session(self.database) as session:
             return session.scalar(
                 select(Result.file_path)
-                .where(Result.study_id == study_id, Result.kind == "sr")
+                .where(Result.study_id == study_id, Result.kind == ResultKind.SR)
                 .order_by(Result.created_at.desc(), Result.id.desc())
                 .limit(1)
             )
@@ -89,7 +174,7 @@ class ProcessingRepository:
         ``header_changes`` (keywords and reasons, no values) goes into the study's history as a
         "headers cleaned" event, in the same transaction as the results."""
         now = self.clock()
-        with Session(self.engine) as session, session.begin():
+        with Session(self.database) as session, session.begin():
             if not self._still_ours(session, claimed, worker_id):
                 return False
             rows = [
@@ -114,7 +199,7 @@ class ProcessingRepository:
                             Dispatch(
                                 result_id=row.id,
                                 destination=destination.name,
-                                state="PENDING",
+                                state=DeliveryState.PENDING,
                                 attempts=0,
                                 next_attempt_at=now,
                                 updated_at=now,
@@ -128,29 +213,33 @@ class ProcessingRepository:
                     StudyEvent(
                         study_id=claimed.study_id,
                         at=now,
-                        event="headers cleaned",
+                        event=StudyEventName.HEADERS_CLEANED,
                         detail=header_changes,
                     )
                 )
             session.add(
-                StudyEvent(study_id=claimed.study_id, at=now, event="results", detail=summary)
+                StudyEvent(
+                    study_id=claimed.study_id, at=now, event=StudyEventName.RESULTS, detail=summary
+                )
             )
             return True
 
     def fail(self, claimed: ClaimedStudy, worker_id: str, reason: str) -> bool:
         now = self.clock()
-        with Session(self.engine) as session, session.begin():
+        with Session(self.database) as session, session.begin():
             if not self._still_ours(session, claimed, worker_id):
                 return False
             self._set_state(session, claimed, StudyState.FAILED, reason, now)
             session.add(
-                StudyEvent(study_id=claimed.study_id, at=now, event="failed", detail=reason)
+                StudyEvent(
+                    study_id=claimed.study_id, at=now, event=StudyEventName.FAILED, detail=reason
+                )
             )
             return True
 
     def renew_leases(self, worker_id: str, lease: timedelta) -> int:
         """Extend the lease of every study this worker holds (its heartbeat)."""
-        with Session(self.engine) as session, session.begin():
+        with Session(self.database) as session, session.begin():
             result = session.execute(
                 update(Study)
                 .where(Study.state == StudyState.PROCESSING, Study.claimed_by == worker_id[:128])
@@ -175,26 +264,20 @@ class ProcessingRepository:
         """Return PROCESSING studies matching ``where`` to READY, or end them FAILED when their
         workers have now died ``max_crashes`` times on them (an image that crashes a decoder
         must not take every worker down in turn, for ever)."""
-        with Session(self.engine) as session, session.begin():
-            expired = session.scalars(
-                select(Study.id)
+        with Session(self.database) as session, session.begin():
+            expired = session.execute(
+                select(Study.id, Study.crashes)
                 .where(Study.state == StudyState.PROCESSING, *where)
                 .with_for_update(skip_locked=True)
             ).all()
-            for study_id in expired:
-                crashes = 1 + (
-                    session.scalar(
-                        select(func.count())
-                        .select_from(StudyEvent)
-                        .where(StudyEvent.study_id == study_id, StudyEvent.event == RECLAIMED_EVENT)
-                    )
-                    or 0
-                )
+            for study_id, crashes_before in expired:
+                crashes = crashes_before + 1
                 values: dict[str, Any] = {
                     "state": StudyState.READY,
                     "claimed_by": None,
                     "lease_expires_at": None,
                     "state_changed_at": now,
+                    "crashes": crashes,
                 }
                 if crashes >= self.max_crashes:
                     values["state"] = StudyState.FAILED
@@ -209,12 +292,17 @@ class ProcessingRepository:
                     .values(**values)
                 )
                 session.add(
-                    StudyEvent(study_id=study_id, at=now, event=RECLAIMED_EVENT, detail=detail)
+                    StudyEvent(
+                        study_id=study_id, at=now, event=StudyEventName.RECLAIMED, detail=detail
+                    )
                 )
                 if values["state"] == StudyState.FAILED:
                     session.add(
                         StudyEvent(
-                            study_id=study_id, at=now, event="failed", detail=values["reason"]
+                            study_id=study_id,
+                            at=now,
+                            event=StudyEventName.FAILED,
+                            detail=values["reason"],
                         )
                     )
             return len(expired)

@@ -20,8 +20,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, exists, select, update
 from sqlalchemy.orm import Session
 
-from node.db import Dispatch, Instance, Result, Study, StudyEvent, StudyState
-from node.repository import Clock, utcnow
+from node.clock import Clock, utcnow
+from node.db import Dispatch, Instance, Result, Study, StudyEvent, StudyEventName, StudyState
 from node.storage import FileStore
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,10 @@ def _purge_study(
         study.purged_at = now
         session.add(
             StudyEvent(
-                study_id=study_id, at=now, event="purged", detail=f"{len(files)} file(s) removed"
+                study_id=study_id,
+                at=now,
+                event=StudyEventName.PURGED,
+                detail=f"{len(files)} file(s) removed",
             )
         )
         return files

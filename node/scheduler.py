@@ -9,33 +9,33 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from node.clock import short_uid
+from node.completer import Completer, CompletionOutcome
 from node.completion import CompletionPolicy
 from node.profiles import Vocabulary
-from node.repository import CompletionOutcome, Repository
 
 log = logging.getLogger(__name__)
 
 
-def short_uid(uid: str, keep: int = 6) -> str:
-    """A UID shortened for people: the root's first part and the tail that tells studies apart."""
-    return uid if len(uid) <= 2 * keep + 1 else f"{uid[:keep]}…{uid[-keep:]}"
-
-
 class CompletionScheduler:
+    """Runs ``completer`` every ``interval_s`` seconds, and ``housekeeping`` (when given) every
+    ``housekeeping_interval_s`` seconds, on APScheduler's background thread.
+
+    Returning the claims of workers that stopped answering is not a job here: the workers do it
+    (see `node.worker.Worker.run`), so that it happens wherever studies are processed."""
+
     def __init__(
         self,
-        repository: Repository,
+        completer: Completer,
         policy: CompletionPolicy,
         vocabulary: Vocabulary,
         interval_s: float,
-        reclaim: Callable[[], int] | None = None,
         housekeeping: Callable[[], object] | None = None,
         housekeeping_interval_s: float = 600.0,
     ) -> None:
-        self.reclaim = reclaim
         self.housekeeping = housekeeping
         self.housekeeping_interval_s = housekeeping_interval_s
-        self.repository = repository
+        self.completer = completer
         self.policy = policy
         self.vocabulary = vocabulary
         self.interval_s = interval_s
@@ -44,11 +44,7 @@ class CompletionScheduler:
     def tick(self) -> list[CompletionOutcome]:
         """One completion pass; safe to run from several processes at once."""
         try:
-            if self.reclaim is not None and (reclaimed := self.reclaim()):
-                log.warning(
-                    "%d study(ies) whose worker stopped answering went back to READY", reclaimed
-                )
-            outcomes = self.repository.complete_studies(self.policy, self.vocabulary)
+            outcomes = self.completer.complete_studies(self.policy, self.vocabulary)
         except Exception:
             log.exception("completion tick failed; the next tick tries again")
             return []

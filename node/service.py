@@ -27,14 +27,16 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from node import __version__, metrics
+from node.clock import Clock, utcnow
+from node.completer import Completer
 from node.completion import CompletionPolicy
 from node.config import Config, ModelConfig
 from node.db import database_error_reason, make_engine, safe_url, upgrade_database
 from node.errors import CheckpointError, DatabaseUnavailable
 from node.holds import HoldRenewer, hold_interval_s
-from node.processing import ProcessingRepository
+from node.ingest import IngestRecords
+from node.processing import WorkQueue
 from node.profiles import load_storage_profile, load_vocabulary
-from node.repository import Clock, Repository, utcnow
 from node.retention import purge_delivered
 from node.retry import Retry
 from node.scheduler import CompletionScheduler
@@ -71,10 +73,10 @@ class Node:
                 f"cannot prepare database {safe_url(config.database_url)}: "
                 f"{database_error_reason(exc)}"
             ) from None
-        self.repository = Repository(self.engine, clock)
+        self.ingest = IngestRecords(self.engine, clock)
         self.handler = StoreHandler(
             self.store,
-            self.repository,
+            self.ingest,
             profile,
             threads=config.dicom.max_associations,
             max_dataset_bytes=config.dicom.max_dataset_bytes,
@@ -82,21 +84,22 @@ class Node:
         )
         self.scp = StoreSCP(config.dicom, profile, self.handler)  # loads the TLS files
         self.holds = HoldRenewer(
-            self.scp.studies_in_flight, self.repository, hold_interval_s(config.completion)
+            self.scp.studies_in_flight, self.ingest, hold_interval_s(config.completion)
         )
         for destination in config.destinations:
             client_context(destination)  # a missing or wrong TLS file stops the node here
         policy = CompletionPolicy.from_seconds(
             config.completion.quiet_period_s, config.completion.force_complete_s
         )
-        self.processing = ProcessingRepository(self.engine, clock, config.worker.max_crashes)
+        # The work role's queue, here only to return at once the claims of a worker process
+        # that died; the workers themselves reclaim expired leases (node/worker.py).
+        self.work_queue = WorkQueue(self.engine, clock, config.worker.max_crashes)
         retention = timedelta(days=config.storage.retention_days)
         self.scheduler = CompletionScheduler(
-            self.repository,
+            Completer(self.engine, clock),
             policy,
             vocabulary,
             config.completion.tick_interval_s,
-            reclaim=self.processing.reclaim_expired,
             housekeeping=(
                 (lambda: purge_delivered(self.engine, self.store, retention, clock))
                 if config.storage.purge_delivered
@@ -184,7 +187,7 @@ class Node:
 
     def _release_claims_of(self, pid: int, exit_description: str) -> None:
         try:
-            released = self.processing.reclaim_dead_worker(
+            released = self.work_queue.reclaim_dead_worker(
                 f"{socket.gethostname()}:{pid}:", exit_description
             )
         except SQLAlchemyError as exc:

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from sqlalchemy import Engine, case, func, select
 from sqlalchemy.orm import Session
 
+from node.clock import short_uid
 from node.db import (
     DeliveryState,
     Dispatch,
@@ -42,7 +43,6 @@ from node.reports import (
     UnansweredEvent,
     WaitingStudy,
 )
-from node.scheduler import short_uid
 
 WAITING = (StudyState.RECEIVING, StudyState.READY, StudyState.PROCESSING, StudyState.DISPATCHING)
 

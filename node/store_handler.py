@@ -50,9 +50,9 @@ from node.errors import (
     UnreadableDataset,
 )
 from node.headers import Header, header_of, study_of_partial_data_set
+from node.ingest import IngestOutcome, IngestRecords, InstanceRecord
 from node.profiles import Role, StorageProfile
 from node.pynetdicom_patches import data_set_path, message_being_received
-from node.repository import IngestOutcome, InstanceRecord, Repository
 from node.scp_requests import request_problem
 from node.storage import FileStore
 
@@ -134,7 +134,7 @@ class StoreHandler:
     def __init__(
         self,
         store: FileStore,
-        repository: Repository,
+        repository: IngestRecords,
         profile: StorageProfile,
         threads: int = 16,
         *,

@@ -1,4 +1,4 @@
-"""The inference worker: claim a READY study, run the engine, write the SR and heatmaps, queue them.
+"""The inference worker: claim a READY study, run the model, write the SR and heatmaps, queue them.
 
 One study at a time per worker process (a study's images are one batch, cut at the engine's batch
 size); several workers, in ``serve`` or on other machines (`mura-node worker`), share the queue
@@ -16,6 +16,9 @@ through the database. For each claimed study:
    and one SeriesDate and SeriesTime;
 4. one transaction records the results, a delivery per destination and object, and the new state
    (DISPATCHING, or DONE without destinations), only if the claim is still ours.
+
+While it runs, a worker's heartbeat renews its leases and returns to READY the claims of any worker
+that stopped renewing its own (counted as a crash of the study, node/processing.py).
 
 A study whose images cannot be decoded ends FAILED with a reason that starts "input fault" and says
 which image (numbered in arrival order: the source's numbers of an image that cannot be read are
@@ -42,13 +45,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from node import __version__, metrics
+from node.clock import Clock, short_uid, utcnow
 from node.config import Config
-from node.db import make_engine
+from node.db import ResultKind, make_engine
 from node.engine import InferenceEngine, StudyResult
 from node.errors import UndecodableImage
 from node.preprocessing import DicomPreprocessor
-from node.processing import ProcessingRepository, ResultFile, StudyImage
-from node.repository import ClaimedStudy, Clock, Repository, utcnow
+from node.processing import ClaimedStudy, ResultFile, StudyImage, WorkQueue
 from node.results.gsps import build_gsps, label
 from node.results.identity import AlgorithmInfo, NodeIdentity, add_study_level
 from node.results.order import SourcePosition, source_order
@@ -56,7 +59,6 @@ from node.results.sanitise import clean_source, summarise
 from node.results.sc import HeatmapCaption, annotate_heatmap, blend_heatmap, build_sc
 from node.results.sr import build_sr
 from node.results.summary import SummaryContent, build_summary, render_summary
-from node.scheduler import short_uid
 from node.stopflag import StopFlag
 from node.storage import FileStore
 
@@ -81,31 +83,39 @@ def node_identity(config: Config) -> NodeIdentity:
     )
 
 
-def algorithm_info(engine: InferenceEngine) -> AlgorithmInfo:
-    checkpoints = tuple(f"{c.name} {c.version} sha256:{c.sha256}" for c in engine.cards)
-    version = "+".join(c.version for c in engine.cards) or f"untrained-{__version__}"
-    return AlgorithmInfo(ALGORITHM_NAME, version, checkpoints, untrained=engine.untrained)
+def algorithm_info(inference: InferenceEngine) -> AlgorithmInfo:
+    checkpoints = tuple(f"{c.name} {c.version} sha256:{c.sha256}" for c in inference.cards)
+    version = "+".join(c.version for c in inference.cards) or f"untrained-{__version__}"
+    return AlgorithmInfo(ALGORITHM_NAME, version, checkpoints, untrained=inference.untrained)
 
 
 class Worker:
-    def __init__(self, config: Config, engine: InferenceEngine, clock: Clock = utcnow) -> None:
+    """Processes READY studies with its collaborators (built by `build_worker`, owned from then
+    on: ``close`` shuts them down): ``inference`` runs the model, ``queue`` is the shared work
+    queue, ``store`` the data directory, ``preprocessor`` decodes images to model inputs and
+    ``writer`` is the one thread on which a study's results are written and recorded."""
+
+    def __init__(
+        self,
+        config: Config,
+        inference: InferenceEngine,
+        queue: WorkQueue,
+        store: FileStore,
+        preprocessor: DicomPreprocessor,
+        writer: ThreadPoolExecutor,
+        clock: Clock = utcnow,
+    ) -> None:
         self.config = config
-        self.engine = engine
+        self.inference = inference
+        self.queue = queue
+        self.store = store
+        self.preprocessor = preprocessor
+        self.writer = writer
         self.clock = clock
-        self.store = FileStore(config.storage.data_dir)
-        self.db = make_engine(config.database_url)
-        self.queue = Repository(self.db, clock)
-        self.processing = ProcessingRepository(self.db, clock, config.worker.max_crashes)
-        self.preprocessor = DicomPreprocessor(
-            workers=config.model.preprocess_workers,
-            size=engine.input_size,
-            max_pixels=config.model.max_image_pixels,
-        )
         self.identity = node_identity(config)
-        self.algorithm = algorithm_info(engine)
+        self.algorithm = algorithm_info(inference)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
         self.lease = timedelta(seconds=config.worker.lease_s)
-        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="results")
         self.pending: Future[None] | None = None
 
     def run_once(self) -> bool:
@@ -142,18 +152,28 @@ class Worker:
 
     def _heartbeat(self, done: threading.Event) -> None:
         """Renew the leases of this worker's claims a few times per lease period, so that only a
-        worker that is gone loses its study (to another worker, after ``worker.lease_s``)."""
+        worker that is gone loses its study; then return to READY the claims, of any worker on
+        any machine, whose lease ran out. Workers reclaim, not the completion scheduler: only a
+        worker can process a reclaimed study, and every worker sharing the queue beats, even
+        where no `serve` runs (see node/processing.py for why two beats never clash)."""
         while not done.wait(self.lease.total_seconds() / 4):
             try:
-                self.processing.renew_leases(self.worker_id, self.lease)
+                self.queue.renew_leases(self.worker_id, self.lease)
+                reclaimed = self.queue.reclaim_expired()
             except Exception as exc:  # the database may be briefly away; try again next beat
                 log.warning("cannot renew the lease of this worker's study: %s", exc)
+                continue
+            if reclaimed:
+                log.warning(
+                    "%d study(ies) whose worker stopped answering went back to READY", reclaimed
+                )
 
     def close(self) -> None:
+        """Wait for the results in writing, then shut down every collaborator but the model."""
         self.drain()
         self.writer.shutdown(wait=True)
         self.preprocessor.close()
-        self.db.dispose()
+        self.queue.database.dispose()
 
     def _guarded(self, claimed: ClaimedStudy, work: Callable[..., None], *args: object) -> None:
         """Run ``work(claimed, *args)``; an error ends this study FAILED, not the worker."""
@@ -164,12 +184,12 @@ class Worker:
 
     def _internal_error(self, claimed: ClaimedStudy, exc: BaseException) -> None:
         log.error("study %s failed", short_uid(claimed.study_instance_uid), exc_info=exc)
-        self.processing.fail(claimed, self.worker_id, node_fault(exc))
+        self.queue.fail(claimed, self.worker_id, node_fault(exc))
 
     def process(self, claimed: ClaimedStudy) -> None:
-        images = self.processing.images(claimed)
+        images = self.queue.images(claimed)
         if not images:
-            self.processing.fail(
+            self.queue.fail(
                 claimed, self.worker_id, f"{INPUT_FAULT}: no analysable image left in the study"
             )
             return
@@ -178,7 +198,7 @@ class Worker:
         for index, item in enumerate(decoded):
             if isinstance(item, UndecodableImage):
                 reason = f"{INPUT_FAULT}: image {index + 1} of {len(images)} cannot be used: {item}"
-                self.processing.fail(claimed, self.worker_id, reason[:500])
+                self.queue.fail(claimed, self.worker_id, reason[:500])
                 log.warning("study %s FAILED: %s", short_uid(claimed.study_instance_uid), reason)
                 return
         # Read only now: decoding has bounded what a deflated data set inflates to (pydicom
@@ -194,7 +214,7 @@ class Worker:
         if claimed.ready_since is not None:
             metrics.queue_wait((utcnow() - claimed.ready_since).total_seconds())
         started = time.perf_counter()
-        result = self.engine.predict_studies([(claimed.study_type, inputs)])[0]
+        result = self.inference.predict_studies([(claimed.study_type, inputs)])[0]
         for _ in inputs:
             metrics.inference_per_image((time.perf_counter() - started) / len(inputs))
         self.drain()  # at most one study's results in writing at a time
@@ -222,14 +242,14 @@ class Worker:
                 f"{INPUT_FAULT}: the study's images name {len(patients)} different patients "
                 "(PatientID); no result is written for a study that mixes patients"
             )
-            self.processing.fail(claimed, self.worker_id, reason)
+            self.queue.fail(claimed, self.worker_id, reason)
             log.warning("study %s FAILED: %s", short_uid(claimed.study_instance_uid), reason)
             return
         header_changes = summarise(changes for _source, changes in cleaned)
         created = self.clock()  # the result series' SeriesDate and SeriesTime
         written: list[ResultFile] = []
         try:
-            predecessor_path = self.processing.latest_report(claimed.study_id)
+            predecessor_path = self.queue.latest_report(claimed.study_id)
             # The previous SR is gone when the study was purged after delivery (node/retention.py).
             previous = self.store.path_of(predecessor_path) if predecessor_path else None
             predecessor = dcmread(previous) if previous and previous.is_file() else None
@@ -243,7 +263,7 @@ class Worker:
                 predecessor=predecessor,
             )
             add_study_level(sr, sources[0], created)
-            written.append(self._store("sr", sr))
+            written.append(self._store(ResultKind.SR, sr))
             series = generate_uid()
             blends = []
             for index, (source, position, display, image) in enumerate(
@@ -265,7 +285,7 @@ class Worker:
                     algorithm_name=self.algorithm.display_name,
                     created=created,
                 )
-                written.append(self._store("sc", sc))
+                written.append(self._store(ResultKind.SC, sc))
             page = SummaryContent(
                 result, self.algorithm, positions, blends, f"mura-node {__version__}"
             )
@@ -279,8 +299,8 @@ class Worker:
                 sop_instance_uid=generate_uid(),
                 created=created,
             )
-            written.append(self._store("summary", summary_image))
-            if any("gsps" in d.objects for d in self.config.destinations):
+            written.append(self._store(ResultKind.SUMMARY, summary_image))
+            if any(ResultKind.GSPS in d.objects for d in self.config.destinations):
                 self._presentation_states(headers, sources, result, created, written)
             finding = "abnormal" if result.abnormal else "normal"
             summary = (
@@ -288,7 +308,7 @@ class Worker:
                 f"{len(images)} image{'s' if len(images) != 1 else ''}"
                 + (" [UNTRAINED MODEL]" if self.algorithm.untrained else "")
             )
-            recorded = self.processing.finish(
+            recorded = self.queue.finish(
                 claimed,
                 self.worker_id,
                 written,
@@ -337,9 +357,9 @@ class Worker:
                 created=created,
             )
             if gsps is not None:
-                written.append(self._store("gsps", gsps))
+                written.append(self._store(ResultKind.GSPS, gsps))
 
-    def _store(self, kind: str, ds: Dataset) -> ResultFile:
+    def _store(self, kind: ResultKind, ds: Dataset) -> ResultFile:
         """Write a result object durably to results/ and describe it for the database."""
         return ResultFile(
             kind, str(ds.SOPClassUID), str(ds.SOPInstanceUID), self.store.write_result(ds)
@@ -350,10 +370,30 @@ class Worker:
             self.store.remove(item.file_path)
 
 
+def build_worker(config: Config, inference: InferenceEngine, clock: Clock = utcnow) -> Worker:
+    """A `Worker` with its collaborators built from ``config``: a SQLAlchemy engine and the work
+    queue on ``config.database_url``, the data directory, the image decoder (sized for
+    ``inference``) and the results writer thread."""
+    database = make_engine(config.database_url)
+    return Worker(
+        config,
+        inference,
+        WorkQueue(database, clock, config.worker.max_crashes),
+        FileStore(config.storage.data_dir),
+        DicomPreprocessor(
+            workers=config.model.preprocess_workers,
+            size=inference.input_size,
+            max_pixels=config.model.max_image_pixels,
+        ),
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="results"),
+        clock,
+    )
+
+
 def run_worker_process(config: Config, stop: StopFlag | None = None) -> None:
-    """Entry point of a worker process started by `serve` (or `mura-node worker`)."""
-    engine = InferenceEngine.from_config(config.model)
-    worker = Worker(config, engine)
+    """Entry point of a worker process started by `serve` (or `mura-node worker`): loads the
+    model, builds the worker's collaborators and runs until ``stop`` is set."""
+    worker = build_worker(config, InferenceEngine.from_config(config.model))
     stop = stop or threading.Event()
     try:
         worker.run(stop)

@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from node.clock import Clock, utcnow
 from node.config import (
     CompletionConfig,
     Config,
@@ -23,7 +24,6 @@ from node.config import (
     WorkerConfig,
 )
 from node.profiles import StorageProfile, Vocabulary, load_storage_profile, load_vocabulary
-from node.repository import Clock, utcnow
 from node.service import Node
 from tests.factory import free_port
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pynetdicom import AE
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from node.config import Destination
+from node.config import Destination, ModelConfig
 from node.db import Result, Study, StudyEvent
 from node.service import Node
 from tests import destination as dest
@@ -60,9 +60,9 @@ def test_a_study_that_kills_its_workers_ends_failed(
     uid = ready_study(node, clock, tmp_path)
     for attempt in (1, 2, 3):
         worker_id = f"host-a:{1000 + attempt}:1"
-        claimed = node.repository.claim_ready_study(worker_id, timedelta(seconds=60))
+        claimed = node.work_queue.claim_ready_study(worker_id, timedelta(seconds=60))
         assert claimed is not None and claimed.study_instance_uid == uid
-        released = node.processing.reclaim_dead_worker(f"host-a:{1000 + attempt}:", "was killed")
+        released = node.work_queue.reclaim_dead_worker(f"host-a:{1000 + attempt}:", "was killed")
         assert released == 1
         assert study_row(node, uid).state == ("FAILED" if attempt == 3 else "READY")
     study = study_row(node, uid)
@@ -78,16 +78,97 @@ def test_heartbeat_keeps_a_claim_and_a_silent_worker_loses_it(
     node = make_node(clock=clock, database={"url": database_url})
     uid = ready_study(node, clock, tmp_path)
     lease = timedelta(seconds=60)
-    assert node.repository.claim_ready_study("host-a:1:1", lease) is not None
+    assert node.work_queue.claim_ready_study("host-a:1:1", lease) is not None
     for _ in range(5):  # alive: it renews every lease / 4
         clock.advance(15)
-        assert node.processing.renew_leases("host-a:1:1", lease) == 1
-        assert node.processing.reclaim_expired() == 0
+        assert node.work_queue.renew_leases("host-a:1:1", lease) == 1
+        assert node.work_queue.reclaim_expired() == 0
     assert study_row(node, uid).state == "PROCESSING"
     clock.advance(61)  # silent for a whole lease: another worker may take it
-    assert node.processing.reclaim_expired() == 1
+    assert node.work_queue.reclaim_expired() == 1
     assert study_row(node, uid).state == "READY"
-    assert node.processing.renew_leases("host-a:1:1", lease) == 0  # the old worker lost it
+    assert node.work_queue.renew_leases("host-a:1:1", lease) == 0  # the old worker lost it
+
+
+def test_crashes_are_a_counter_that_a_reopened_study_keeps(
+    make_node: Callable[..., Node], tmp_path: Path, database_url: str
+) -> None:
+    """Each reclaim adds one to studies.crashes; a late image re-opens the study but does not
+    reset the count (max_crashes counts over the study's whole life, as it always has)."""
+    clock = FakeClock()
+    node = make_node(clock=clock, worker={"max_crashes": 3}, database={"url": database_url})
+    files = write_study(tmp_path / "study", 2, body_part="WRIST")
+    assert storescu(node.scp.port, files[:1]).returncode == 0
+    clock.advance(3600)
+    node.scheduler.tick()
+    uid = str(dcmread(files[0]).StudyInstanceUID)
+    lease = timedelta(seconds=60)
+    for expected in (1, 2):
+        assert node.work_queue.claim_ready_study(f"host-a:{expected}:1", lease) is not None
+        clock.advance(61)
+        assert node.work_queue.reclaim_expired() == 1
+        assert (study_row(node, uid).state, study_row(node, uid).crashes) == ("READY", expected)
+    assert storescu(node.scp.port, files[1:]).returncode == 0  # a late image: generation 2
+    reopened = study_row(node, uid)
+    assert (reopened.state, reopened.generation, reopened.crashes) == ("RECEIVING", 2, 2)
+    clock.advance(3600)
+    node.scheduler.tick()
+    assert node.work_queue.claim_ready_study("host-a:3:1", lease) is not None
+    assert node.work_queue.reclaim_dead_worker("host-a:3:", "was killed") == 1
+    failed = study_row(node, uid)
+    assert (failed.state, failed.crashes) == ("FAILED", 3)
+    assert failed.reason is not None and "stopped 3 times" in failed.reason
+
+
+def test_max_crashes_reads_the_counter_not_the_events(
+    make_node: Callable[..., Node], tmp_path: Path, database_url: str
+) -> None:
+    clock = FakeClock()
+    node = make_node(clock=clock, worker={"max_crashes": 5}, database={"url": database_url})
+    uid = ready_study(node, clock, tmp_path)
+    with Session(node.engine) as session, session.begin():
+        session.execute(update(Study).where(Study.study_instance_uid == uid).values(crashes=4))
+    assert node.work_queue.claim_ready_study("host-a:1:1", timedelta(seconds=60)) is not None
+    assert node.work_queue.reclaim_dead_worker("host-a:1:", "was killed") == 1
+    study = study_row(node, uid)
+    assert (study.state, study.crashes) == ("FAILED", 5)
+    assert [e for e, _ in events(node, uid)].count("reclaimed") == 1
+
+
+def test_a_worker_returns_the_study_of_a_silent_worker_and_processes_it(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    """Reclaiming expired leases is the workers' job (their heartbeat), not the scheduler's."""
+    from node.engine import InferenceEngine
+    from node.worker import build_worker
+
+    clock = FakeClock()
+    node = make_node(clock=clock, worker={"lease_s": 0.4, "poll_interval_s": 0.05})
+    uid = ready_study(node, clock, tmp_path)
+    assert node.work_queue.claim_ready_study("host-b:1:1", timedelta(seconds=60)) is not None
+    clock.advance(61)  # host-b went silent
+    node.scheduler.tick()
+    assert study_row(node, uid).state == "PROCESSING"  # the completion tick leaves it alone
+    inference = InferenceEngine.from_config(ModelConfig(allow_untrained=True))
+    worker = build_worker(node.config, inference, clock)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    try:
+        wait_for(lambda: study_row(node, uid).state == "DONE", what="the study to be done")
+    finally:
+        stop.set()
+        thread.join()
+        worker.close()
+    assert [e for e, _ in events(node, uid)] == [
+        "opened",
+        "ready",
+        "claimed",
+        "reclaimed",
+        "claimed",
+        "results",
+    ]
+    assert study_row(node, uid).crashes == 1
 
 
 def echo(port: int) -> bool:

@@ -40,3 +40,36 @@ def test_migrations_give_exactly_the_models_schema(database_url: str) -> None:
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     engine.dispose()
+
+
+def test_crash_counter_migration_counts_the_reclaims_so_far(database_url: str) -> None:
+    """Revision 0004 fills studies.crashes from the "reclaimed" events a study already has."""
+    from alembic import command
+
+    from node.db import _alembic_config
+
+    engine = make_engine(database_url)
+    command.upgrade(_alembic_config(engine), "0003")
+    with engine.begin() as connection:
+        for study_id, uid in ((1, "1.2.3"), (2, "4.5.6")):
+            connection.execute(
+                text(
+                    "INSERT INTO studies (id, study_instance_uid, state, generation,"
+                    " first_received_at, opened_at, last_received_at, state_changed_at)"
+                    " VALUES (:id, :uid, 'READY', 2, :t, :t, :t, :t)"
+                ),
+                {"id": study_id, "uid": uid, "t": "2026-03-01 08:00:00"},
+            )
+        for event in ("claimed", "reclaimed", "reopened", "claimed", "reclaimed"):
+            connection.execute(
+                text(
+                    "INSERT INTO study_events (study_id, at, event)"
+                    " VALUES (1, '2026-03-01 08:00:00', :event)"
+                ),
+                {"event": event},
+            )
+    upgrade_database(engine)
+    with engine.connect() as connection:
+        crashes = dict(connection.execute(text("SELECT id, crashes FROM studies")).all())
+    assert crashes == {1: 2, 2: 0}
+    engine.dispose()

@@ -23,7 +23,7 @@ from node.db import IngestRejection, Study, StudyEvent
 from node.dispatch import Dispatcher
 from node.engine import InferenceEngine
 from node.service import Node
-from node.worker import Worker
+from node.worker import build_worker
 from tests.conftest import FakeClock
 from tests.factory import dciodvfy_errors, make_radiograph, raw, storescu, write
 from tests.orthanc import Orthanc
@@ -61,7 +61,7 @@ def pipeline(
         name="pacs", ae_title=orthanc.ae_title, host="127.0.0.1", port=orthanc.dicom_port
     )
     config = replace(node.config, destinations=(destination,))
-    worker, dispatcher = Worker(config, engine, clock), Dispatcher(config, clock)
+    worker, dispatcher = build_worker(config, engine, clock), Dispatcher(config, clock)
     yield Pipeline(node, worker, dispatcher, clock)
     worker.close()
     dispatcher.close()

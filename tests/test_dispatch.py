@@ -38,7 +38,7 @@ from node.model import MuraDenseNet
 from node.service import Node
 from node.status import collect_status, study_history
 from node.status_view import render_history, render_status
-from node.worker import Worker
+from node.worker import build_worker
 from tests import destination as dest
 from tests.conftest import FakeClock
 from tests.factory import dcmtk_env, free_port, storescu, write_study
@@ -90,7 +90,7 @@ class Delivering:
         assert storescu(self.node.scp.port, files).returncode == 0
         self.clock.advance(3600)
         self.node.scheduler.tick()
-        worker = Worker(self.config, self.engine, self.clock)
+        worker = build_worker(self.config, self.engine, self.clock)
         try:
             assert worker.run_once()
             worker.drain()

@@ -73,7 +73,7 @@ from node.headers import Header, header_of
 from node.model import MuraDenseNet
 from node.preprocessing import DicomPreprocessor
 from node.service import Node
-from node.worker import Worker
+from node.worker import build_worker
 from tests.conftest import FakeClock, node_config
 from tests.factory import (
     BASIC_TEXT_SR,
@@ -688,7 +688,7 @@ def process(state: Running, engine: InferenceEngine) -> None:
     """Complete every study, then let a worker process what became READY."""
     state.clock.advance(3600)
     state.node.scheduler.tick()
-    worker = Worker(state.node.config, engine, state.clock)
+    worker = build_worker(state.node.config, engine, state.clock)
     try:
         while worker.run_once():
             pass
@@ -1023,7 +1023,7 @@ def test_max_image_pixels_from_the_configuration(
     assert stored is not None
     clock.advance(3600)
     node.scheduler.tick()
-    worker = Worker(node.config, engine, clock)
+    worker = build_worker(node.config, engine, clock)
     try:
         assert worker.run_once()
         worker.drain()

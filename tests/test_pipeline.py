@@ -29,7 +29,7 @@ from node.results.sc import SC_SERIES_DESCRIPTION
 from node.results.summary import SUMMARY_SERIES_DESCRIPTION
 from node.service import Node
 from node.status import collect_status
-from node.worker import Worker
+from node.worker import Worker, build_worker
 from tests.conftest import FakeClock
 from tests.factory import dciodvfy_errors, make_radiograph, storescu, write, write_study
 from tests.orthanc import Orthanc
@@ -103,7 +103,7 @@ def pipeline(
     from node.config import Destination
 
     config = replace(node.config, destinations=(Destination(**destination),))  # type: ignore[arg-type]
-    worker = Worker(config, engine, clock)
+    worker = build_worker(config, engine, clock)
     dispatcher = Dispatcher(config, clock)
     yield Pipeline(node, worker, dispatcher, clock)
     worker.close()
@@ -417,7 +417,7 @@ def test_presentation_states_go_to_a_destination_that_asks_for_them(
     config = replace(base, destinations=(replace(base.destinations[0], objects=("gsps",)),))
     asking = Pipeline(
         pipeline.node,
-        Worker(config, engine, pipeline.clock),
+        build_worker(config, engine, pipeline.clock),
         Dispatcher(config, pipeline.clock),
         pipeline.clock,
     )

@@ -10,10 +10,12 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from node.completion import CompletionPolicy
+from node.completer import Completer
+from node.completion import CompletionPolicy, CompletionReason
 from node.db import Instance, Study, StudyEvent, StudyState, make_engine, upgrade_database
+from node.ingest import IngestOutcome, IngestRecords, IngestResult, InstanceRecord
+from node.processing import WorkQueue
 from node.profiles import Role, Vocabulary
-from node.repository import IngestOutcome, IngestResult, InstanceRecord, Repository
 from tests.conftest import FakeClock as Clock
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
@@ -42,7 +44,7 @@ def record(
     )
 
 
-def ingest(repo: Repository, rec: InstanceRecord, path: str | None) -> IngestResult:
+def ingest(repo: IngestRecords, rec: InstanceRecord, path: str | None) -> IngestResult:
     """Record an instance whose content is identified by its file name in these tests."""
     return repo.record_instance(rec, path, lambda stored: stored == path)
 
@@ -60,8 +62,18 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def repo(engine: Engine, clock: Clock) -> Repository:
-    return Repository(engine, clock)
+def repo(engine: Engine, clock: Clock) -> IngestRecords:
+    return IngestRecords(engine, clock)
+
+
+@pytest.fixture
+def completer(engine: Engine, clock: Clock) -> Completer:
+    return Completer(engine, clock)
+
+
+@pytest.fixture
+def queue(engine: Engine, clock: Clock) -> WorkQueue:
+    return WorkQueue(engine, clock)
 
 
 def study(engine: Engine, uid: str = "1.2.3") -> Study:
@@ -83,7 +95,7 @@ def events(engine: Engine, uid: str = "1.2.3") -> list[str]:
         )
 
 
-def test_instances_group_into_studies(repo: Repository, engine: Engine, clock: Clock) -> None:
+def test_instances_group_into_studies(repo: IngestRecords, engine: Engine, clock: Clock) -> None:
     ingest(repo, record("1.1", "1.2.3"), "instances/aa/a.dcm")
     clock.advance(5)
     ingest(repo, record("1.2", "1.2.3"), "instances/bb/b.dcm")
@@ -104,7 +116,9 @@ def test_instances_group_into_studies(repo: Repository, engine: Engine, clock: C
     assert counts == {"1.2.3": 2, "4.5.6": 1}
 
 
-def test_resend_with_same_bytes_is_a_no_op(repo: Repository, engine: Engine, clock: Clock) -> None:
+def test_resend_with_same_bytes_is_a_no_op(
+    repo: IngestRecords, engine: Engine, clock: Clock
+) -> None:
     assert ingest(repo, record("1.1"), "f1").outcome is IngestOutcome.STORED
     clock.advance(30)
     again = ingest(repo, record("1.1"), "f1")
@@ -113,7 +127,7 @@ def test_resend_with_same_bytes_is_a_no_op(repo: Repository, engine: Engine, clo
 
 
 def test_resend_with_different_bytes_replaces(
-    repo: Repository, engine: Engine, clock: Clock
+    repo: IngestRecords, engine: Engine, clock: Clock
 ) -> None:
     ingest(repo, record("1.1"), "old")
     clock.advance(10)
@@ -127,13 +141,13 @@ def test_resend_with_different_bytes_replaces(
 
 
 def test_completion_after_quiet_period(
-    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+    repo: IngestRecords, completer: Completer, engine: Engine, clock: Clock, vocabulary: Vocabulary
 ) -> None:
     ingest(repo, record("1.1"), "f1")
     clock.advance(59)
-    assert repo.complete_studies(POLICY, vocabulary) == []
+    assert completer.complete_studies(POLICY, vocabulary) == []
     clock.advance(1)
-    [outcome] = repo.complete_studies(POLICY, vocabulary)
+    [outcome] = completer.complete_studies(POLICY, vocabulary)
     assert (outcome.state, outcome.study_type) == (StudyState.READY, "hand")
     done = study(engine)
     assert (done.state, done.study_type, done.reason) == ("READY", "hand", "hand: 1 of 1 image")
@@ -141,12 +155,12 @@ def test_completion_after_quiet_period(
 
 
 def test_forced_completion(
-    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+    repo: IngestRecords, completer: Completer, engine: Engine, clock: Clock, vocabulary: Vocabulary
 ) -> None:
     for index in range(20):
         ingest(repo, record(f"1.{index}"), f"f{index}")
         clock.advance(50)
-        outcomes = repo.complete_studies(POLICY, vocabulary)
+        outcomes = completer.complete_studies(POLICY, vocabulary)
         if outcomes:
             break
     assert clock.now - T0 >= timedelta(seconds=900)
@@ -157,12 +171,12 @@ def test_forced_completion(
 
 
 def test_ineligible_study_is_ignored_with_reason(
-    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+    repo: IngestRecords, completer: Completer, engine: Engine, clock: Clock, vocabulary: Vocabulary
 ) -> None:
     ingest(repo, record("1.1", body="CHEST"), "f1")
     ingest(repo, record("9.9", "7.7.7", role=Role.IGNORE), None)
     clock.advance(61)
-    repo.complete_studies(POLICY, vocabulary)
+    completer.complete_studies(POLICY, vocabulary)
     assert (study(engine).state, study(engine).reason) == (
         StudyState.IGNORED,
         "not an upper-extremity study (BodyPartExamined 'CHEST')",
@@ -175,11 +189,11 @@ def test_ineligible_study_is_ignored_with_reason(
 
 
 def test_late_image_reopens_and_other_objects_do_not(
-    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+    repo: IngestRecords, completer: Completer, engine: Engine, clock: Clock, vocabulary: Vocabulary
 ) -> None:
     ingest(repo, record("1.1"), "f1")
     clock.advance(61)
-    repo.complete_studies(POLICY, vocabulary)
+    completer.complete_studies(POLICY, vocabulary)
     assert study(engine).state == StudyState.READY
     clock.advance(5)
     ingest(repo, record("1.9", role=Role.IGNORE), None)  # e.g. our own SR
@@ -191,31 +205,39 @@ def test_late_image_reopens_and_other_objects_do_not(
     assert (reopened.state, reopened.generation) == (StudyState.RECEIVING, 2)
     assert reopened.opened_at == clock.now
     clock.advance(61)
-    repo.complete_studies(POLICY, vocabulary)
+    completer.complete_studies(POLICY, vocabulary)
     assert study(engine).state == StudyState.READY
     assert events(engine) == ["opened", "ready", "reopened", "ready"]
 
 
 def test_arrival_during_completion_is_not_lost(
-    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+    repo: IngestRecords, completer: Completer, engine: Engine, clock: Clock, vocabulary: Vocabulary
 ) -> None:
     ingest(repo, record("1.1"), "f1")
     seen_last = study(engine).last_received_at
     clock.advance(61)
     ingest(repo, record("1.2"), "f2")  # arrives after the tick read the rows
-    assert repo._complete_one(study(engine).id, seen_last, 1, "quiet", vocabulary) is None
+    assert (
+        completer._complete_one(study(engine).id, seen_last, 1, CompletionReason.QUIET, vocabulary)
+        is None
+    )
     assert study(engine).state == StudyState.RECEIVING
 
 
 def test_claim_takes_each_ready_study_once(
-    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+    repo: IngestRecords,
+    completer: Completer,
+    queue: WorkQueue,
+    engine: Engine,
+    clock: Clock,
+    vocabulary: Vocabulary,
 ) -> None:
     for index in range(3):
         ingest(repo, record(f"{index}.1", f"5.{index}"), f"f{index}")
         clock.advance(1)
     clock.advance(61)
-    repo.complete_studies(POLICY, vocabulary)
-    claimed = [repo.claim_ready_study("worker-a", timedelta(minutes=5)) for _ in range(4)]
+    completer.complete_studies(POLICY, vocabulary)
+    claimed = [queue.claim_ready_study("worker-a", timedelta(minutes=5)) for _ in range(4)]
     assert [c.study_instance_uid if c else None for c in claimed] == ["5.0", "5.1", "5.2", None]
     first = study(engine, "5.0")
     assert (first.state, first.claimed_by) == (StudyState.PROCESSING, "worker-a")
@@ -225,22 +247,26 @@ def test_claim_takes_each_ready_study_once(
 def _claim_all(
     url: str, worker: str, start: multiprocessing.synchronize.Event, out: multiprocessing.Queue
 ) -> None:  # type: ignore[type-arg]
-    repo = Repository(make_engine(url))
+    queue = WorkQueue(make_engine(url))
     start.wait()
     taken = []
-    while (claim := repo.claim_ready_study(worker, timedelta(minutes=5))) is not None:
+    while (claim := queue.claim_ready_study(worker, timedelta(minutes=5))) is not None:
         taken.append(claim.study_id)
     out.put((worker, taken))
 
 
 def test_two_processes_never_claim_the_same_study(
-    database_url: str, repo: Repository, clock: Clock, vocabulary: Vocabulary
+    database_url: str,
+    repo: IngestRecords,
+    completer: Completer,
+    clock: Clock,
+    vocabulary: Vocabulary,
 ) -> None:
     count = 60
     for index in range(count):
         ingest(repo, record(f"{index}.1", f"8.{index}"), f"f{index}")
     clock.advance(61)
-    assert len(repo.complete_studies(POLICY, vocabulary)) == count
+    assert len(completer.complete_studies(POLICY, vocabulary)) == count
     context = multiprocessing.get_context("spawn")
     start = context.Event()
     out = context.Queue()
@@ -264,7 +290,7 @@ def test_two_processes_never_claim_the_same_study(
 def test_schema_upgrade_keeps_rows(database_url: str, tmp_path: Path) -> None:
     engine = make_engine(database_url)
     upgrade_database(engine)
-    ingest(Repository(engine), record("1.1"), "f1")
+    ingest(IngestRecords(engine), record("1.1"), "f1")
     upgrade_database(make_engine(database_url))
     assert study(engine).state == StudyState.RECEIVING
 
@@ -286,12 +312,12 @@ LEASE = timedelta(seconds=5)
 
 
 def test_hold_sets_held_until_on_receiving_studies_only(
-    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+    repo: IngestRecords, completer: Completer, engine: Engine, clock: Clock, vocabulary: Vocabulary
 ) -> None:
     ingest(repo, record("1.1", "1.2.3"), "f1")
     ingest(repo, record("2.1", "4.5.6"), "f2")
     clock.advance(61)
-    repo.complete_studies(POLICY, vocabulary)  # both READY
+    completer.complete_studies(POLICY, vocabulary)  # both READY
     ingest(repo, record("3.1", "7.8.9"), "f3")
     assert repo.hold_studies({"1.2.3", "7.8.9", "9.9.9"}, LEASE) == 1
     assert repo.hold_studies(set(), LEASE) == 0
@@ -301,18 +327,18 @@ def test_hold_sets_held_until_on_receiving_studies_only(
 
 
 def test_held_study_waits_past_its_quiet_period_then_completes_once(
-    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+    repo: IngestRecords, completer: Completer, engine: Engine, clock: Clock, vocabulary: Vocabulary
 ) -> None:
     ingest(repo, record("1.1"), "f1")
     clock.advance(30)
     for _ in range(25):  # an image in flight for 100 s, its hold renewed every 4 s
         repo.hold_studies({"1.2.3"}, LEASE)
         clock.advance(4)
-        assert repo.complete_studies(POLICY, vocabulary) == []
+        assert completer.complete_studies(POLICY, vocabulary) == []
     assert study(engine).state == StudyState.RECEIVING
     ingest(repo, record("1.2"), "f2")  # the image arrives
     clock.advance(60)
-    [outcome] = repo.complete_studies(POLICY, vocabulary)
+    [outcome] = completer.complete_studies(POLICY, vocabulary)
     assert outcome.state == StudyState.READY
     finished = study(engine)
     assert finished.held_until is None
@@ -324,41 +350,44 @@ def test_held_study_waits_past_its_quiet_period_then_completes_once(
 
 
 def test_a_lapsed_hold_lets_the_quiet_period_complete(
-    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+    repo: IngestRecords, completer: Completer, engine: Engine, clock: Clock, vocabulary: Vocabulary
 ) -> None:
     ingest(repo, record("1.1"), "f1")
     clock.advance(58)
     repo.hold_studies({"1.2.3"}, LEASE)  # the association ended before the data set did
     clock.advance(3)
-    assert repo.complete_studies(POLICY, vocabulary) == []
+    assert completer.complete_studies(POLICY, vocabulary) == []
     clock.advance(2)
-    [outcome] = repo.complete_studies(POLICY, vocabulary)
+    [outcome] = completer.complete_studies(POLICY, vocabulary)
     assert outcome.state == StudyState.READY
     assert details(engine)[-1][1] is not None
     assert str(details(engine)[-1][1]).startswith("quiet period passed after waiting for an image")
 
 
 def test_a_hold_set_while_the_tick_decides_is_respected(
-    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+    repo: IngestRecords, completer: Completer, engine: Engine, clock: Clock, vocabulary: Vocabulary
 ) -> None:
     ingest(repo, record("1.1"), "f1")
     seen_last = study(engine).last_received_at
     clock.advance(61)
     repo.hold_studies({"1.2.3"}, LEASE)  # after the tick read the rows
-    assert repo._complete_one(study(engine).id, seen_last, 1, "quiet", vocabulary) is None
+    assert (
+        completer._complete_one(study(engine).id, seen_last, 1, CompletionReason.QUIET, vocabulary)
+        is None
+    )
     assert study(engine).state == StudyState.RECEIVING
 
 
 def test_force_timeout_completes_a_held_study(
-    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+    repo: IngestRecords, completer: Completer, engine: Engine, clock: Clock, vocabulary: Vocabulary
 ) -> None:
     ingest(repo, record("1.1"), "f1")
     while clock.now < T0 + timedelta(seconds=900):
         repo.hold_studies({"1.2.3"}, LEASE)  # a sender stalled for ever
-        assert repo.complete_studies(POLICY, vocabulary) == []
+        assert completer.complete_studies(POLICY, vocabulary) == []
         clock.advance(4)
     repo.hold_studies({"1.2.3"}, LEASE)
-    [outcome] = repo.complete_studies(POLICY, vocabulary)
+    [outcome] = completer.complete_studies(POLICY, vocabulary)
     assert outcome.state == StudyState.READY
     assert study(engine).held_until is None
     assert [event for event, _ in details(engine)] == ["opened", "held", "ready"]
@@ -369,16 +398,16 @@ def test_force_timeout_completes_a_held_study(
 
 
 def test_held_event_once_per_generation(
-    repo: Repository, engine: Engine, clock: Clock, vocabulary: Vocabulary
+    repo: IngestRecords, completer: Completer, engine: Engine, clock: Clock, vocabulary: Vocabulary
 ) -> None:
     for generation in range(2):
         ingest(repo, record(f"1.{generation}"), f"f{generation}")
         clock.advance(61)
         repo.hold_studies({"1.2.3"}, LEASE)
-        repo.complete_studies(POLICY, vocabulary)
-        repo.complete_studies(POLICY, vocabulary)
+        completer.complete_studies(POLICY, vocabulary)
+        completer.complete_studies(POLICY, vocabulary)
         clock.advance(10)
-        repo.complete_studies(POLICY, vocabulary)
+        completer.complete_studies(POLICY, vocabulary)
     assert [event for event, _ in details(engine)] == [
         "opened",
         "held",

@@ -24,7 +24,7 @@ from node.dispatch import Dispatcher
 from node.engine import InferenceEngine
 from node.retention import purge_delivered
 from node.service import Node
-from node.worker import Worker
+from node.worker import build_worker
 from tests import destination as dest
 from tests.conftest import FakeClock
 from tests.factory import CR, dcmtk_env, make_radiograph, storescu, write, write_study
@@ -222,7 +222,7 @@ def process_one_study(node: Node, config: Config, clock: FakeClock, tmp_path: Pa
     clock.advance(3600)
     node.scheduler.tick()
     engine = InferenceEngine.from_config(ModelConfig(allow_untrained=True))
-    worker = Worker(config, engine, clock)
+    worker = build_worker(config, engine, clock)
     try:
         assert worker.run_once()
         worker.drain()

@@ -35,7 +35,7 @@ from node.imaging import dicom_file_to_tensor
 from node.results.sc import SC_SERIES_DESCRIPTION
 from node.results.summary import SUMMARY_SERIES_DESCRIPTION
 from node.service import Node
-from node.worker import Worker
+from node.worker import build_worker
 from tests.conftest import FakeClock, node_config
 from tests.factory import storescu, write
 from tests.ohif import Screen, ViewerServer, check_harness, keep_screenshots, open_in_ohif
@@ -113,7 +113,7 @@ def delivered(
     )
     config = replace(node.config, destinations=(destination,))
     engine = InferenceEngine.from_config(ModelConfig(allow_untrained=True))
-    worker, dispatcher = Worker(config, engine, clock), Dispatcher(config, clock)
+    worker, dispatcher = build_worker(config, engine, clock), Dispatcher(config, clock)
     pipeline = Pipeline(node, worker, dispatcher, clock)
     try:
         files = wrist_views(root)

@@ -1,9 +1,9 @@
-"""The study queue's operations: record arrivals, decide completion, claim work.
+"""The receive role's records: arrivals, rejected C-STOREs and holds on studies in flight.
 
 Every method is one short transaction, and every state change is a compare-and-set on the row
-(SQLite: ``BEGIN IMMEDIATE`` serialises writers; PostgreSQL: ``SELECT ... FOR UPDATE``, with
-``SKIP LOCKED`` for claims), so several SCP threads, schedulers and workers, in several processes or
-on several machines, can share one database without losing an arrival or doing a study twice.
+(SQLite: ``BEGIN IMMEDIATE`` serialises writers; PostgreSQL: ``SELECT ... FOR UPDATE``), so several
+SCP threads, in several processes or on several machines, can share one database with the
+schedulers and workers without losing an arrival.
 
 Rules for arrivals (see docs/ingest.md):
 
@@ -13,6 +13,9 @@ Rules for arrivals (see docs/ingest.md):
 * a CR/DX arrival for a study that is past RECEIVING re-opens it (new generation);
 * objects of other SOP classes are recorded but never open or re-open a study, so the node's own
   results coming back from the PACS cannot start a loop.
+
+Deciding that a study has fully arrived is the complete role's (node/completer.py); claiming and
+processing it, the work role's (node/processing.py).
 """
 
 from __future__ import annotations
@@ -21,43 +24,22 @@ import enum
 import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from node.completion import (
-    ArrivalTimes,
-    CompletionPolicy,
-    CompletionReason,
-    complete_studies,
-    waits_for_image_in_flight,
-)
-from node.db import IngestRejection, Instance, Study, StudyEvent, StudyState
-from node.eligibility import decide_eligibility
-from node.profiles import Role, Vocabulary
+from node.clock import Clock, utcnow
+from node.db import IngestRejection, Instance, Study, StudyEvent, StudyEventName, StudyState
+from node.profiles import Role
 
 log = logging.getLogger(__name__)
 
 _STUDIES = cast(Table, Study.__table__)
 _INSTANCES = cast(Table, Instance.__table__)
 _EVENTS = cast(Table, StudyEvent.__table__)
-
-Clock = Callable[[], datetime]
-HELD_EVENT = "held"  # the quiet period passed while an image of the study was still arriving
-DESCRIPTIVE_FIELDS = (
-    "AnatomicRegionSequence",
-    "BodyPartExamined",
-    "ProtocolName",
-    "SeriesDescription",
-    "StudyDescription",
-)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class IngestOutcome(enum.StrEnum):
@@ -94,25 +76,12 @@ class IngestResult:
     reopened: bool
 
 
-@dataclass(frozen=True)
-class CompletionOutcome:
-    study_id: int
-    study_instance_uid: str
-    state: StudyState
-    study_type: str | None
-    reason: str
+class IngestRecords:
+    """What the SCP writes to the study queue: received instances, rejections and holds.
 
+    ``engine`` is the SQLAlchemy engine of the queue database; ``clock`` gives the aware UTC
+    time stamped on every row."""
 
-@dataclass(frozen=True)
-class ClaimedStudy:
-    study_id: int
-    study_instance_uid: str
-    generation: int
-    study_type: str | None
-    ready_since: datetime | None = None
-
-
-class Repository:
     def __init__(self, engine: Engine, clock: Clock = utcnow) -> None:
         self.engine = engine
         self.clock = clock
@@ -220,12 +189,22 @@ class Repository:
                     .returning(studies.c.id)
                 ).scalar_one()
                 _add_event(
-                    conn, study_id, now, "opened", f"first instance from {record.calling_ae_title}"
+                    conn,
+                    study_id,
+                    now,
+                    StudyEventName.OPENED,
+                    f"first instance from {record.calling_ae_title}",
                 )
             else:
                 study_id = study.id
                 if record.role is Role.ANALYSE and study.state != StudyState.RECEIVING:
-                    _add_event(conn, study_id, now, "reopened", f"new image after {study.state}")
+                    _add_event(
+                        conn,
+                        study_id,
+                        now,
+                        StudyEventName.REOPENED,
+                        f"new image after {study.state}",
+                    )
                     conn.execute(
                         update(studies)
                         .where(studies.c.id == study_id)
@@ -259,11 +238,15 @@ class Repository:
                     conn,
                     existing.study_id,
                     now,
-                    "instance moved",
+                    StudyEventName.INSTANCE_MOVED,
                     "a new version names another study",
                 )
             _add_event(
-                conn, study_id, now, "instance replaced", f"revision {existing.revision + 1}"
+                conn,
+                study_id,
+                now,
+                StudyEventName.INSTANCE_REPLACED,
+                f"revision {existing.revision + 1}",
             )
             conn.execute(
                 update(instances)
@@ -288,7 +271,7 @@ class Repository:
         except (OperationalError, IntegrityError) as exc:
             log.warning("could not record a rejected C-STORE: %s", exc.__class__.__name__)
 
-    # -- completion -----------------------------------------------------------------------------
+    # -- holds ----------------------------------------------------------------------------------
 
     def hold_studies(self, study_instance_uids: Collection[str], lease: timedelta) -> int:
         """Hold the RECEIVING studies among ``study_instance_uids`` (an image of each is being
@@ -309,185 +292,6 @@ class Repository:
                 .values(held_until=until)
             )
         return int(held.rowcount)
-
-    def complete_studies(
-        self, policy: CompletionPolicy, vocabulary: Vocabulary
-    ) -> list[CompletionOutcome]:
-        """Move every RECEIVING study whose arrival has settled to READY or IGNORED."""
-        now = self.clock()
-        with Session(self.engine) as session:
-            rows = session.execute(
-                select(
-                    Study.id,
-                    Study.opened_at,
-                    Study.last_received_at,
-                    Study.generation,
-                    Study.held_until,
-                ).where(Study.state == StudyState.RECEIVING)
-            ).all()
-        seen = {row.id: (row.last_received_at, row.generation) for row in rows}
-        arrivals = [
-            ArrivalTimes(row.id, row.opened_at, row.last_received_at, row.held_until)
-            for row in rows
-        ]
-        for arrival in arrivals:
-            if waits_for_image_in_flight(arrival, now, policy):
-                self._note_held(arrival)
-        outcomes = []
-        for completion in complete_studies(arrivals, now, policy):
-            last, generation = seen[completion.study_id]
-            outcome = self._complete_one(
-                completion.study_id, last, generation, completion.reason, vocabulary
-            )
-            if outcome is not None:
-                outcomes.append(outcome)
-        return outcomes
-
-    def _complete_one(
-        self, study_id: int, last: datetime, generation: int, why: str, vocabulary: Vocabulary
-    ) -> CompletionOutcome | None:
-        now = self.clock()
-        with Session(self.engine) as session, session.begin():
-            study = session.scalar(select(Study).where(Study.id == study_id).with_for_update())
-            if (
-                study is None
-                or study.state != StudyState.RECEIVING
-                or study.last_received_at != last
-                or study.generation != generation
-            ):
-                return None  # an instance arrived meanwhile; the next tick decides
-            held = study.held_until is not None and now < study.held_until
-            if held and why == CompletionReason.QUIET:
-                return None  # an image began to arrive meanwhile; the next tick decides
-            instances = session.scalars(
-                select(Instance).where(Instance.study_id == study_id).order_by(Instance.id)
-            ).all()
-            images = [i for i in instances if i.role == Role.ANALYSE]
-            facts = [
-                dict(
-                    zip(
-                        DESCRIPTIVE_FIELDS,
-                        (
-                            i.anatomic_region,
-                            i.body_part_examined,
-                            i.protocol_name,
-                            i.series_description,
-                            i.study_description,
-                        ),
-                        strict=True,
-                    )
-                )
-                for i in images
-            ]
-            eligibility, verdicts = decide_eligibility(
-                facts, vocabulary, len(instances) - len(images)
-            )
-            for image, verdict in zip(images, verdicts, strict=True):
-                image.study_type = (
-                    verdict.study_type if verdict.study_type == eligibility.study_type else None
-                )
-            state = StudyState.READY if eligibility.eligible else StudyState.IGNORED
-            study.state = state
-            study.study_type = eligibility.study_type
-            study.reason = eligibility.reason
-            study.state_changed_at = now
-            study.held_until = None
-            _event(
-                session,
-                study_id,
-                now,
-                state.lower(),
-                f"{_completion_label(session, study, why, held)}; {eligibility.reason}",
-            )
-            return CompletionOutcome(
-                study_id,
-                study.study_instance_uid,
-                state,
-                eligibility.study_type,
-                eligibility.reason,
-            )
-
-    def _note_held(self, study: ArrivalTimes) -> None:
-        """Record, once per generation, that the quiet period passed while an image of the study
-        was still arriving (the study waits for it)."""
-        now = self.clock()
-        with Session(self.engine) as session, session.begin():
-            state = session.scalar(
-                select(Study.state).where(Study.id == study.study_id).with_for_update()
-            )
-            if state != StudyState.RECEIVING or _waited_for_image(
-                session, study.study_id, study.opened_at
-            ):
-                return
-            _event(
-                session,
-                study.study_id,
-                now,
-                HELD_EVENT,
-                "quiet period passed while an image was still being received; waiting for it",
-            )
-
-    # -- work -----------------------------------------------------------------------------------
-
-    def claim_ready_study(self, worker_id: str, lease: timedelta) -> ClaimedStudy | None:
-        """Atomically take the oldest READY study for processing; None when there is none."""
-        now = self.clock()
-        with Session(self.engine) as session, session.begin():
-            study = session.scalar(
-                select(Study)
-                .where(Study.state == StudyState.READY)
-                .order_by(Study.state_changed_at, Study.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            )
-            if study is None:
-                return None
-            claimed = session.execute(
-                update(Study)
-                .where(Study.id == study.id, Study.state == StudyState.READY)
-                .values(
-                    state=StudyState.PROCESSING,
-                    claimed_by=worker_id[:128],
-                    lease_expires_at=now + lease,
-                    state_changed_at=now,
-                )
-                .execution_options(synchronize_session=False)
-            )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                return None
-            _event(session, study.id, now, "claimed", f"by {worker_id}")
-            return ClaimedStudy(
-                study.id,
-                study.study_instance_uid,
-                study.generation,
-                study.study_type,
-                study.state_changed_at,
-            )
-
-
-def _waited_for_image(session: Session, study_id: int, opened_at: datetime) -> bool:
-    """Whether this generation of the study has waited for an image in flight."""
-    found = session.scalar(
-        select(StudyEvent.id)
-        .where(
-            StudyEvent.study_id == study_id,
-            StudyEvent.event == HELD_EVENT,
-            StudyEvent.at >= opened_at,
-        )
-        .limit(1)
-    )
-    return found is not None
-
-
-def _completion_label(session: Session, study: Study, why: str, held: bool) -> str:
-    """The first part of the completion event's detail: which rule, and any wait for an image."""
-    if why != CompletionReason.QUIET:
-        if held:
-            return "force timeout passed while an image was still being received"
-        return "force timeout passed"
-    if _waited_for_image(session, study.id, study.opened_at):
-        return "quiet period passed after waiting for an image in flight"
-    return "quiet period passed"
 
 
 def _instance_values(
@@ -514,14 +318,8 @@ def _instance_values(
     }
 
 
-def _event(
-    session: Session, study_id: int, at: datetime, name: str, detail: str | None = None
-) -> None:
-    session.add(StudyEvent(study_id=study_id, at=at, event=name, detail=detail))
-
-
 def _add_event(
-    conn: Connection, study_id: int, at: datetime, name: str, detail: str | None = None
+    conn: Connection, study_id: int, at: datetime, name: StudyEventName, detail: str | None = None
 ) -> None:
     conn.execute(insert(_EVENTS).values(study_id=study_id, at=at, event=name, detail=detail))
 

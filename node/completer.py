@@ -25,9 +25,10 @@ from node.completion import (
     complete_studies,
     waits_for_image_in_flight,
 )
-from node.db import Instance, Study, StudyEvent, StudyEventName, StudyState
+from node.db import Instance, Study, StudyEvent
 from node.eligibility import decide_eligibility
 from node.profiles import Role, Vocabulary
+from node.states import StudyEventName, StudyState
 
 # The descriptive attributes eligibility reads from each image, in the order of its facts.
 DESCRIPTIVE_FIELDS = (

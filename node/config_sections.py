@@ -19,8 +19,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from node.db import ResultKind
 from node.errors import ConfigError
+from node.states import ResultKind
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # The kinds of result object a destination can receive: the study's SR, the heatmap SC of each

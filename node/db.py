@@ -11,7 +11,6 @@ The schema is created and upgraded only by the Alembic migrations in ``node/migr
 
 from __future__ import annotations
 
-import enum
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,62 +41,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from node.errors import DatabaseUnavailable, SchemaError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-
-
-class StudyState(enum.StrEnum):
-    RECEIVING = "RECEIVING"
-    READY = "READY"
-    PROCESSING = "PROCESSING"
-    DISPATCHING = "DISPATCHING"
-    DONE = "DONE"
-    IGNORED = "IGNORED"
-    FAILED = "FAILED"
-
-
-class DeliveryState(enum.StrEnum):
-    """A dispatch row's state: one result on its way to one destination."""
-
-    PENDING = "PENDING"  # not tried yet
-    SENDING = "SENDING"  # taken by a dispatcher under a lease
-    RETRY = "RETRY"  # a failed attempt; due again at next_attempt_at
-    SENT = "SENT"  # stored at the destination (or confirmed there by C-FIND)
-    DEAD = "DEAD"  # dead letter: attempts exhausted; `mura-node retry` re-queues it
-
-
-DUE_DELIVERY_STATES = (DeliveryState.PENDING, DeliveryState.RETRY, DeliveryState.SENDING)
-
-
-class ResultKind(enum.StrEnum):
-    """What a result object is; a destination's `objects` names the kinds it receives."""
-
-    SR = "sr"  # Comprehensive SR, TID 1500
-    SC = "sc"  # one heatmap Secondary Capture per source image
-    SUMMARY = "summary"  # one summary Secondary Capture per study
-    GSPS = "gsps"  # Grayscale Softcopy Presentation State per source image (opt-in)
-
-
-class StudyEventName(enum.StrEnum):
-    """The names of a study's history events (`studies show`)."""
-
-    OPENED = "opened"
-    REOPENED = "reopened"
-    INSTANCE_MOVED = "instance moved"
-    INSTANCE_REPLACED = "instance replaced"
-    HELD = "held"  # the quiet period passed while an image of the study was still arriving
-    READY = "ready"
-    IGNORED = "ignored"
-    CLAIMED = "claimed"
-    HEADERS_CLEANED = "headers cleaned"
-    RESULTS = "results"
-    FAILED = "failed"
-    RECLAIMED = "reclaimed"  # a worker's lease ran out or its process died
-    DELIVERY_CONFIRMED = (
-        "delivery confirmed"  # held by the destination (C-FIND) after a lost response
-    )
-    SENT_AGAIN = "sent again"  # sent again after a lost response, without that confirmation
-    DEAD_LETTER = "dead letter"
-    DONE = "done"
-    PURGED = "purged"
 
 
 class UTCDateTime(TypeDecorator[datetime]):

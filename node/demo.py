@@ -30,9 +30,9 @@ from node.config import (
     DispatchConfig,
     StorageConfig,
 )
-from node.db import ResultKind
 from node.results.summary import SUMMARY_SERIES_DESCRIPTION
 from node.service import Node
+from node.states import ResultKind
 
 RECEIVER_AE = "DEMO_PACS"
 HEATMAP_PREFIX = "heatmap"  # file names of the received heatmap SCs (ResultKind.SC)

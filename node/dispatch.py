@@ -27,11 +27,12 @@ from pydicom.dataset import Dataset
 from node import metrics
 from node.clock import Clock, utcnow
 from node.config import Config, Destination
-from node.db import DeliveryState, StudyEventName, make_engine
+from node.db import make_engine
 from node.metrics import DeliveryOutcome
 from node.outbox import Delivery, Event, Outbox
 from node.retry import Retry
 from node.scu import SCU, STORED, Link
+from node.states import DeliveryState, StudyEventName
 from node.stopflag import StopFlag
 from node.storage import FileStore
 from node.tls import client_context

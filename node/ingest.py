@@ -32,8 +32,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from node.clock import Clock, utcnow
-from node.db import IngestRejection, Instance, Study, StudyEvent, StudyEventName, StudyState
+from node.db import IngestRejection, Instance, Study, StudyEvent
 from node.profiles import Role
+from node.states import StudyEventName, StudyState
 
 log = logging.getLogger(__name__)
 

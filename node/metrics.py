@@ -98,7 +98,8 @@ def state_counts(session: Session) -> tuple[dict[str, int], dict[str, int]]:
     ``mura_node_studies`` and ``mura_node_delivery_queue`` gauges, and `mura-node status`)."""
     from sqlalchemy import func, select
 
-    from node.db import DeliveryState, Dispatch, Study, StudyState
+    from node.db import Dispatch, Study
+    from node.states import DeliveryState, StudyState
 
     studies = {state.value: 0 for state in StudyState}
     for state, count in session.execute(select(Study.state, func.count()).group_by(Study.state)):

@@ -26,18 +26,9 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from node.clock import Clock, utcnow
-from node.db import (
-    DUE_DELIVERY_STATES,
-    DeliveryState,
-    Dispatch,
-    Result,
-    ResultKind,
-    Study,
-    StudyEvent,
-    StudyEventName,
-    StudyState,
-)
+from node.db import Dispatch, Result, Study, StudyEvent
 from node.retry import Retry
+from node.states import DUE_DELIVERY_STATES, DeliveryState, ResultKind, StudyEventName, StudyState
 
 Event = tuple[StudyEventName, str]  # a study event for the history: (event, detail)
 # What the dispatcher did with a delivery whose last attempt got no response: the destination

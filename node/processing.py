@@ -38,18 +38,9 @@ from sqlalchemy.orm import Session
 
 from node.clock import Clock, utcnow
 from node.config import Destination
-from node.db import (
-    DeliveryState,
-    Dispatch,
-    Instance,
-    Result,
-    ResultKind,
-    Study,
-    StudyEvent,
-    StudyEventName,
-    StudyState,
-)
+from node.db import Dispatch, Instance, Result, Study, StudyEvent
 from node.profiles import Role
+from node.states import DeliveryState, ResultKind, StudyEventName, StudyState
 
 
 @dataclass(frozen=True)

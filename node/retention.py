@@ -21,7 +21,8 @@ from sqlalchemy import Engine, exists, select, update
 from sqlalchemy.orm import Session
 
 from node.clock import Clock, utcnow
-from node.db import Dispatch, Instance, Result, Study, StudyEvent, StudyEventName, StudyState
+from node.db import Dispatch, Instance, Result, Study, StudyEvent
+from node.states import StudyEventName, StudyState
 from node.storage import FileStore
 
 log = logging.getLogger(__name__)

@@ -14,16 +14,7 @@ from sqlalchemy import Engine, case, func, select
 from sqlalchemy.orm import Session
 
 from node.clock import short_uid
-from node.db import (
-    DeliveryState,
-    Dispatch,
-    IngestRejection,
-    Instance,
-    Result,
-    Study,
-    StudyEvent,
-    StudyState,
-)
+from node.db import Dispatch, IngestRejection, Instance, Result, Study, StudyEvent
 from node.metrics import state_counts
 from node.outbox import AFTER_UNANSWERED
 from node.profiles import Role
@@ -43,6 +34,7 @@ from node.reports import (
     UnansweredEvent,
     WaitingStudy,
 )
+from node.states import DeliveryState, StudyState
 
 WAITING = (StudyState.RECEIVING, StudyState.READY, StudyState.PROCESSING, StudyState.DISPATCHING)
 

@@ -20,8 +20,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from node.db import DeliveryState, StudyState
 from node.reports import QueueReport, StudyDetail, StudyRow, as_json, hex_status, iso
+from node.states import DeliveryState, StudyState
 
 
 def _duration(seconds: float) -> str:

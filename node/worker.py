@@ -47,7 +47,7 @@ from pydicom.uid import generate_uid
 from node import __version__, metrics
 from node.clock import Clock, short_uid, utcnow
 from node.config import Config
-from node.db import ResultKind, make_engine
+from node.db import make_engine
 from node.engine import InferenceEngine, StudyResult
 from node.errors import UndecodableImage
 from node.preprocessing import DicomPreprocessor
@@ -59,6 +59,7 @@ from node.results.sanitise import clean_source, summarise
 from node.results.sc import HeatmapCaption, annotate_heatmap, blend_heatmap, build_sc
 from node.results.sr import build_sr
 from node.results.summary import SummaryContent, build_summary, render_summary
+from node.states import ResultKind
 from node.stopflag import StopFlag
 from node.storage import FileStore
 

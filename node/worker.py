@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import numpy as np
 from pydicom import dcmread
@@ -51,14 +51,11 @@ from node.db import make_engine
 from node.engine import InferenceEngine, StudyResult
 from node.errors import UndecodableImage
 from node.preprocessing import DicomPreprocessor
-from node.processing import ClaimedStudy, ResultFile, StudyImage, WorkQueue
-from node.results.gsps import build_gsps, label
-from node.results.identity import AlgorithmInfo, NodeIdentity, add_study_level
+from node.processing import ClaimedStudy, StudyImage, WorkQueue
+from node.result_set import ResultSetWriter, StudyEvidence
+from node.results.identity import AlgorithmInfo, NodeIdentity
 from node.results.order import SourcePosition, source_order
 from node.results.sanitise import clean_source, summarise
-from node.results.sc import HeatmapCaption, annotate_heatmap, blend_heatmap, build_sc
-from node.results.sr import build_sr
-from node.results.summary import SummaryContent, build_summary, render_summary
 from node.states import ResultKind
 from node.stopflag import StopFlag
 from node.storage import FileStore
@@ -115,6 +112,7 @@ class Worker:
         self.clock = clock
         self.identity = node_identity(config)
         self.algorithm = algorithm_info(inference)
+        self.results = ResultSetWriter(store, self.algorithm, self.identity)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
         self.lease = timedelta(seconds=config.worker.lease_s)
         self.pending: Future[None] | None = None
@@ -195,13 +193,14 @@ class Worker:
             )
             return
         paths = [self.store.path_of(image.file_path) for image in images]
-        decoded = self.preprocessor.map_with_display(paths)
-        for index, item in enumerate(decoded):
+        decoded = []
+        for index, item in enumerate(self.preprocessor.map_with_display(paths)):
             if isinstance(item, UndecodableImage):
                 reason = f"{INPUT_FAULT}: image {index + 1} of {len(images)} cannot be used: {item}"
                 self.queue.fail(claimed, self.worker_id, reason[:500])
                 log.warning("study %s FAILED: %s", short_uid(claimed.study_instance_uid), reason)
                 return
+            decoded.append(item)
         # Read only now: decoding has bounded what a deflated data set inflates to (pydicom
         # inflates one whole even to read its header).
         headers = [dcmread(path, stop_before_pixels=True) for path in paths]
@@ -210,8 +209,8 @@ class Worker:
         images = [images[i] for i in order]
         headers = [headers[i] for i in order]
         positions = [positions[i] for i in order]
-        inputs = [decoded[i][0] for i in order]  # type: ignore[index]
-        displays = [decoded[i][1] for i in order]  # type: ignore[index]
+        inputs = [decoded[i][0] for i in order]
+        displays = [decoded[i][1] for i in order]
         if claimed.ready_since is not None:
             metrics.queue_wait((utcnow() - claimed.ready_since).total_seconds())
         started = time.perf_counter()
@@ -232,9 +231,9 @@ class Worker:
         displays: list[np.ndarray],
         result: StudyResult,
     ) -> None:
-        """Write the SR, a heatmap SC per image, the summary image and the presentation states
-        (when asked for), then record them; ``images``, ``headers`` (as received), ``positions``,
-        ``displays`` and ``result.images`` are in the source's order."""
+        """Clean the copied attributes, write the study's result set (node/result_set.py), then
+        record it; ``images``, ``headers`` (as received), ``positions``, ``displays`` and
+        ``result.images`` are in the source's order."""
         cleaned = [clean_source(header) for header in headers]
         sources = [source for source, _changes in cleaned]
         patients = {str(source.PatientID) for source in sources} - {""}
@@ -248,67 +247,20 @@ class Worker:
             return
         header_changes = summarise(changes for _source, changes in cleaned)
         created = self.clock()  # the result series' SeriesDate and SeriesTime
-        written: list[ResultFile] = []
+        predecessor_path = self.queue.latest_report(claimed.study_id)
+        # The previous SR is gone when the study was purged after delivery (node/retention.py).
+        previous = self.store.path_of(predecessor_path) if predecessor_path else None
+        predecessor = dcmread(previous) if previous and previous.is_file() else None
+        evidence = StudyEvidence(headers, sources, positions, displays, result)
+        gsps = any(ResultKind.GSPS in d.objects for d in self.config.destinations)
+        written = self.results.write(evidence, created, predecessor, gsps)
+        finding = "abnormal" if result.abnormal else "normal"
+        summary = (
+            f"{finding}: probability {result.probability:.3f} (threshold {result.threshold:g}), "
+            f"{len(images)} image{'s' if len(images) != 1 else ''}"
+            + (" [UNTRAINED MODEL]" if self.algorithm.untrained else "")
+        )
         try:
-            predecessor_path = self.queue.latest_report(claimed.study_id)
-            # The previous SR is gone when the study was purged after delivery (node/retention.py).
-            previous = self.store.path_of(predecessor_path) if predecessor_path else None
-            predecessor = dcmread(previous) if previous and previous.is_file() else None
-            sr = build_sr(
-                sources,
-                result,
-                self.algorithm,
-                self.identity,
-                series_instance_uid=generate_uid(),
-                sop_instance_uid=generate_uid(),
-                predecessor=predecessor,
-            )
-            add_study_level(sr, sources[0], created)
-            written.append(self._store(ResultKind.SR, sr))
-            series = generate_uid()
-            blends = []
-            for index, (source, position, display, image) in enumerate(
-                zip(sources, positions, displays, result.images, strict=True)
-            ):
-                blended = blend_heatmap(display, image.cam)
-                blends.append(blended)
-                caption = HeatmapCaption(
-                    result.abnormal, result.study_type, image.probability, self.algorithm, position
-                )
-                sc = build_sc(
-                    source,
-                    annotate_heatmap(blended, caption),
-                    self.identity,
-                    series_instance_uid=series,
-                    sop_instance_uid=generate_uid(),
-                    instance_number=index + 1,
-                    probability=image.probability,
-                    algorithm_name=self.algorithm.display_name,
-                    created=created,
-                )
-                written.append(self._store(ResultKind.SC, sc))
-            page = SummaryContent(
-                result, self.algorithm, positions, blends, f"mura-node {__version__}"
-            )
-            summary_image = build_summary(
-                sources,
-                render_summary(page),
-                result,
-                self.algorithm,
-                self.identity,
-                series_instance_uid=generate_uid(),
-                sop_instance_uid=generate_uid(),
-                created=created,
-            )
-            written.append(self._store(ResultKind.SUMMARY, summary_image))
-            if any(ResultKind.GSPS in d.objects for d in self.config.destinations):
-                self._presentation_states(headers, sources, result, created, written)
-            finding = "abnormal" if result.abnormal else "normal"
-            summary = (
-                f"{finding}: probability {result.probability:.3f} (threshold {result.threshold:g}), "
-                f"{len(images)} image{'s' if len(images) != 1 else ''}"
-                + (" [UNTRAINED MODEL]" if self.algorithm.untrained else "")
-            )
             recorded = self.queue.finish(
                 claimed,
                 self.worker_id,
@@ -318,57 +270,16 @@ class Worker:
                 header_changes=header_changes,
             )
         except BaseException:
-            self._discard(written)
+            self.results.discard(written)
             raise
         if not recorded:
-            self._discard(written)
+            self.results.discard(written)
             log.info(
                 "study %s changed while it was processed; it will be processed again",
                 short_uid(claimed.study_instance_uid),
             )
             return
         log.info("study %s: %s", short_uid(claimed.study_instance_uid), summary)
-
-    def _presentation_states(
-        self,
-        headers: list[Dataset],
-        sources: list[Dataset],
-        result: StudyResult,
-        created: datetime,
-        written: list[ResultFile],
-    ) -> None:
-        """Write a GSPS per grayscale image (for destinations that take "gsps"), each added to
-        ``written`` as soon as it is on disk (so that a failure removes it with the rest)."""
-        series = generate_uid()
-        for index, (header, source, image) in enumerate(
-            zip(headers, sources, result.images, strict=True)
-        ):
-            text = label(
-                result.abnormal, result.study_type, image.probability, self.algorithm.untrained
-            )
-            gsps = build_gsps(
-                header,
-                source,
-                image.cam,
-                text,
-                self.identity,
-                series_instance_uid=series,
-                sop_instance_uid=generate_uid(),
-                instance_number=index + 1,
-                created=created,
-            )
-            if gsps is not None:
-                written.append(self._store(ResultKind.GSPS, gsps))
-
-    def _store(self, kind: ResultKind, ds: Dataset) -> ResultFile:
-        """Write a result object durably to results/ and describe it for the database."""
-        return ResultFile(
-            kind, str(ds.SOPClassUID), str(ds.SOPInstanceUID), self.store.write_result(ds)
-        )
-
-    def _discard(self, written: list[ResultFile]) -> None:
-        for item in written:
-            self.store.remove(item.file_path)
 
 
 def build_worker(config: Config, inference: InferenceEngine, clock: Clock = utcnow) -> Worker:

@@ -40,13 +40,13 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     SecondaryCaptureImageStorage,
 )
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.transport import T_CONNECT, AddressInformation, AssociationSocket
 
 from node.config import Destination
+from node.pynetdicom_patches import ReportingAE, ReportingSocket
 
 log = logging.getLogger(__name__)
 
@@ -71,66 +71,6 @@ def requested_contexts(find: bool) -> list[PresentationContext]:
     """The contexts the node proposes; ``find`` adds Study Root FIND."""
     classes = [*RESULT_CLASSES, *([STUDY_ROOT_FIND] if find else [])]
     return [build_context(uid, list(RESULT_TRANSFER_SYNTAXES)) for uid in classes]
-
-
-class _RemembersConnectError:
-    """A socket mixin that remembers why connect() failed (for TLS, connect() includes the
-    handshake)."""
-
-    connect_error: OSError | None = None
-
-    def connect(self, address: Any) -> None:
-        try:
-            super().connect(address)  # type: ignore[misc]
-        except OSError as exc:
-            self.connect_error = exc
-            raise
-
-
-class _Socket(_RemembersConnectError, socket.socket):
-    """A TCP socket that remembers why connect() failed."""
-
-
-class _TLSSocket(_RemembersConnectError, ssl.SSLSocket):
-    """The same for TLS."""
-
-
-class _AssociationSocket(AssociationSocket):
-    """pynetdicom logs why a connection failed and drops it; this one keeps it."""
-
-    connect_error: OSError | None = None
-    connected = False  # whether the connection was ever made (it may be closed again by now)
-
-    def _create_socket(self, address: AddressInformation) -> socket.socket:
-        plain = super()._create_socket(address)  # bound, with the network timeout
-        timeout = plain.gettimeout()
-        sock = _Socket(plain.family, plain.type, plain.proto, fileno=plain.detach())
-        sock.settimeout(timeout)
-        return sock
-
-    def connect(self, primitive: T_CONNECT) -> None:
-        attempted = self.socket
-        if self.tls_args and attempted is not None:
-            context, hostname = self.tls_args
-            context.sslsocket_class = _TLSSocket
-            attempted = context.wrap_socket(attempted, server_side=False, server_hostname=hostname)
-            self.socket, self.tls_args = attempted, None  # pynetdicom connects what it finds
-        super().connect(primitive)
-        self.connected = self._is_connected
-        if not self.connected:
-            self.connect_error = getattr(attempted, "connect_error", None)
-
-
-class _AE(AE):
-    def _create_socket(
-        self,
-        assoc: Association,
-        address: AddressInformation,
-        tls_args: tuple[ssl.SSLContext, str] | None,
-    ) -> AssociationSocket:
-        sock = _AssociationSocket(assoc, address=address)
-        sock.tls_args = tls_args
-        return sock
 
 
 def _reason(exc: OSError | None, timeout: float) -> str:
@@ -220,7 +160,7 @@ class SCU:
 
     def __init__(self, ae_title: str, timeout_s: float) -> None:
         self.timeout_s = timeout_s
-        self.ae = _AE(ae_title=ae_title)
+        self.ae = ReportingAE(ae_title=ae_title)
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = timeout_s
         self.ae.connection_timeout = timeout_s
 
@@ -250,7 +190,7 @@ class SCU:
     ) -> tuple[str | None, frozenset[str]]:
         name, where = destination.name, f"{destination.host}:{destination.port}"
         sock = assoc.dul.socket
-        if isinstance(sock, _AssociationSocket) and not sock.connected:
+        if isinstance(sock, ReportingSocket) and not sock.connected:
             return f"cannot connect to {where}: {_reason(sock.connect_error, self.timeout_s)}", (
                 frozenset()
             )

@@ -239,7 +239,8 @@ def test_an_aborted_transfer_leaves_no_partial_file(served: tuple[_Server, _Seen
 
 
 def test_the_scu_overrides_still_fit() -> None:
-    # node/scu.py overrides two private socket factories and reads the socket's connection flag.
+    # ReportingAE / ReportingSocket (the SCU) override two private socket factories and read the
+    # socket's connection flag.
     assert parameters(AE._create_socket) == ["self", "assoc", "address", "tls_args"], UPGRADE
     assert parameters(AssociationSocket._create_socket) == ["self", "address"], UPGRADE
     assert "_is_connected" in inspect.getsource(AssociationSocket.__init__), UPGRADE

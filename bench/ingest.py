@@ -34,7 +34,7 @@ from pydicom.uid import generate_uid
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.factory import make_radiograph, write  # noqa: E402
+from tests.support.factory import make_radiograph, write  # noqa: E402
 
 PDU = 262144
 

@@ -62,7 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.ingest import wait_listening  # noqa: E402
-from tests.factory import free_port  # noqa: E402
+from tests.support.factory import free_port  # noqa: E402
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
 DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -90,7 +90,7 @@ def make_corpus(
     16-bit (12 stored) pixels."""
     from pydicom.uid import generate_uid
 
-    from tests.factory import make_radiograph, write
+    from tests.support.factory import make_radiograph, write
 
     corpus: list[list[Study]] = []
     number = 0

@@ -37,8 +37,8 @@ from node.config import ModelConfig  # noqa: E402
 from node.db import Dispatch, Result, Study, StudyEvent, make_engine  # noqa: E402
 from node.engine import InferenceEngine  # noqa: E402
 from node.imaging import dicom_file_to_tensor  # noqa: E402
-from tests.factory import free_port, storescu, write_study  # noqa: E402
-from tests.orthanc import Orthanc  # noqa: E402
+from tests.support.factory import free_port, storescu, write_study  # noqa: E402
+from tests.support.orthanc import Orthanc  # noqa: E402
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.ingest import BARE_SCP, PDU, free_port, wait_listening  # noqa: E402
-from tests.factory import write_study  # noqa: E402
+from tests.support.factory import write_study  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:

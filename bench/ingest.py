@@ -99,6 +99,7 @@ def receiver(kind: str, workdir: Path, poll: float) -> Iterator[tuple[int, str]]
             f'[dicom]\nhost = "127.0.0.1"\nport = {port}\nmaximum_pdu_size = {PDU}\n'
             f"poll_interval_s = {poll}\n"
             f'[storage]\ndata_dir = "{out / "data"}"\n[service]\nlog_level = "WARNING"\n'
+            "[worker]\nprocesses = 0\n"  # receiving alone: no model is configured
         )
         command = [sys.executable, "-m", "node", "serve", "--config", str(config)]
         title = "MURA_NODE"

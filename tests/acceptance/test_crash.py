@@ -22,10 +22,10 @@ from sqlalchemy.orm import Session
 from node.config import Destination
 from node.db import Result, Study, StudyEvent
 from node.service import Node
-from tests.acceptance.test_cli import Serve, wait_for
 from tests.support import destination as dest
 from tests.support.factory import CR, storescu, write_study
 from tests.support.nodes import FakeClock, node_config
+from tests.support.serve import Serve, wait_for
 
 
 def study_row(node: Node, uid: str) -> Study:

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from tests.acceptance.test_cli import wait_for
 from tests.support.factory import free_port, pipeline_config, start_serve, storescu, write_study
 from tests.support.orthanc import Orthanc
+from tests.support.serve import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -290,7 +290,7 @@ def test_free_space_floor_answers_a700_and_recovers(
 
 
 def test_data_directory_and_database_are_private_to_the_service_user(tmp_path: Path) -> None:
-    from tests.acceptance.test_cli import Serve
+    from tests.support.serve import Serve
 
     serve = Serve(tmp_path)
     serve.start()

@@ -42,6 +42,7 @@ class Hostile:
 
 
 def radiograph(**kwargs: object) -> Dataset:
+    """A valid 64 x 64 HAND radiograph (tests.support.factory.make_radiograph) to spoil."""
     return make_radiograph(rows=64, columns=64, body_part="HAND", **kwargs)  # type: ignore[arg-type]
 
 

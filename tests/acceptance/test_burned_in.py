@@ -3,7 +3,6 @@ from the files the node writes (Debian `tesseract-ocr`, installed by `scripts/se
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import shutil
@@ -22,16 +21,14 @@ from pydicom.uid import generate_uid
 from node.engine import ImageResult, StudyResult
 from node.imaging import dicom_to_unit
 from node.results import drawing
-from node.results.identity import AlgorithmInfo, NodeIdentity
+from node.results.identity import AlgorithmInfo
 from node.results.order import SourcePosition
 from node.results.sanitise import clean_source
 from node.results.sc import HeatmapCaption, annotate_heatmap, blend_heatmap, build_sc
 from node.results.summary import SummaryContent, build_summary, render_summary
 from tests.support.factory import dciodvfy_errors, make_radiograph
+from tests.support.results import IDENTITY, SHA, TRAINED, summary_study
 
-IDENTITY = NodeIdentity(device_uid=generate_uid(), ae_title="MURA_NODE")
-SHA = hashlib.sha256(b"mura-densenet169 1").hexdigest()
-TRAINED = AlgorithmInfo("MURA DenseNet-169", "1", (f"mura-densenet169 1 sha256:{SHA}",), False)
 UNTRAINED = AlgorithmInfo("MURA DenseNet-169", "untrained-0.1.0", (), untrained=True)
 CREATED = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
@@ -124,25 +121,6 @@ def test_banner_and_scale_leave_the_radiograph_untouched(tmp_path: Path) -> None
         if np.array_equal(pixels[top : top + height], blended)
     ]
     assert len(found) == 1 and 0 < found[0] < pixels.shape[0] - height
-
-
-def summary_study(count: int) -> tuple[list[Dataset], list[SourcePosition], list[np.ndarray]]:
-    uid = generate_uid()
-    raws = [
-        make_radiograph(
-            study_uid=uid, rows=160, columns=120, seed=i, study_description="XR WRIST 3 VIEWS"
-        )
-        for i in range(count)
-    ]
-    for index, raw in enumerate(raws):
-        raw.InstanceNumber, raw.ViewPosition = index + 1, ("PA", "LL", "AP")[index % 3]
-    cams = [np.random.default_rng(i).normal(size=(10, 10)).astype(np.float32) for i in range(count)]
-    blends = [blend_heatmap(dicom_to_unit(raw), cam) for raw, cam in zip(raws, cams, strict=True)]
-    return (
-        [clean_source(raw)[0] for raw in raws],
-        [SourcePosition.of(r) for r in raws],
-        blends,
-    )
 
 
 @pytest.mark.parametrize("untrained", [False, True])

@@ -19,8 +19,8 @@ from node.results.summary import (
     build_summary,
     render_summary,
 )
-from tests.acceptance.test_burned_in import IDENTITY, TRAINED, summary_study
 from tests.support.factory import dciodvfy_errors
+from tests.support.results import IDENTITY, TRAINED, summary_study
 
 
 def result(count: int) -> StudyResult:

@@ -13,8 +13,8 @@ For every batch size (and, on CUDA, every precision):
 It also prints the per-image preprocessing cost of an uncompressed CR and of the same CR in JPEG
 2000 (pydicom-data's RG3_UNCR.dcm and RG3_J2KR.dcm, 1760 x 1760).
 
-    .venv/bin/python bench/engine.py                          # CPU, batch 1 and 8
-    python3 bench/engine.py --device cuda --batches 1 8 32 128 --precisions fp32 bf16 fp16
+    .venv/bin/python -m bench.engine                          # CPU, batch 1 and 8
+    python3 -m bench.engine --device cuda --batches 1 8 32 128 --precisions fp32 bf16 fp16
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,13 +31,10 @@ import numpy as np
 import torch
 import torchvision
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from node.engine import InferenceEngine  # noqa: E402
-from node.imaging import dicom_file_to_tensor  # noqa: E402
-from node.model import MuraDenseNet  # noqa: E402
-from node.preprocessing import DicomPreprocessor  # noqa: E402
+from node.engine import InferenceEngine
+from node.imaging import dicom_file_to_tensor
+from node.model import MuraDenseNet
+from node.preprocessing import DicomPreprocessor
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

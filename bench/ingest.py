@@ -8,8 +8,8 @@ Each round sends every corpus to every receiver in turn, on one association, wit
 for the dcmtk programs. The figures are medians over the rounds; the ratios compare receivers
 measured in the same run, so they hold on a noisy shared machine where absolute numbers do not.
 
-    .venv/bin/python bench/ingest.py            # 300 x 0.5 MB and 30 x 6 MB, 3 rounds
-    .venv/bin/python bench/ingest.py --quick    # 60 x 0.5 MB and 6 x 6 MB, 1 round
+    .venv/bin/python -m bench.ingest            # 300 x 0.5 MB and 30 x 6 MB, 3 rounds
+    .venv/bin/python -m bench.ingest --quick    # 60 x 0.5 MB and 6 x 6 MB, 1 round
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,31 +30,8 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.factory import make_radiograph, write  # noqa: E402
-
-PDU = 262144
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"receiver exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("receiver did not start listening")
+from bench.common import PDU, ROOT, free_port, wait_listening
+from tests.support.factory import make_radiograph, write
 
 
 def make_corpora(directory: Path, small: int, large: int) -> dict[str, list[Path]]:
@@ -123,6 +99,7 @@ def receiver(kind: str, workdir: Path, poll: float) -> Iterator[tuple[int, str]]
             f'[dicom]\nhost = "127.0.0.1"\nport = {port}\nmaximum_pdu_size = {PDU}\n'
             f"poll_interval_s = {poll}\n"
             f'[storage]\ndata_dir = "{out / "data"}"\n[service]\nlog_level = "WARNING"\n'
+            "[worker]\nprocesses = 0\n"  # receiving alone: no model is configured
         )
         command = [sys.executable, "-m", "node", "serve", "--config", str(config)]
         title = "MURA_NODE"

@@ -11,7 +11,7 @@ Reported, in the same run:
 (b) latency per study from READY to its SR acknowledged by Orthanc, against the engine's time for
     that study's images + 1 s.
 
-    .venv/bin/python bench/pipeline.py --studies 8
+    .venv/bin/python -m bench.pipeline --studies 8
 """
 
 from __future__ import annotations
@@ -26,19 +26,16 @@ import time
 from pathlib import Path
 
 import torch
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from sqlalchemy import select  # noqa: E402
-from sqlalchemy.orm import Session  # noqa: E402
-
-from node.config import ModelConfig  # noqa: E402
-from node.db import Dispatch, Result, Study, StudyEvent, make_engine  # noqa: E402
-from node.engine import InferenceEngine  # noqa: E402
-from node.imaging import dicom_file_to_tensor  # noqa: E402
-from tests.factory import free_port, storescu, write_study  # noqa: E402
-from tests.orthanc import Orthanc  # noqa: E402
+from bench.common import ROOT
+from node.config import ModelConfig
+from node.db import Dispatch, Result, Study, StudyEvent, make_engine
+from node.engine import InferenceEngine
+from node.imaging import dicom_file_to_tensor
+from tests.support.factory import free_port, storescu, write_study
+from tests.support.orthanc import Orthanc
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """pynetdicom's idle poll interval: throughput of a bare SCP on one association, and CPU used by
 one open association that does nothing, for each interval (docs/performance.md, "The poll interval").
 
-    .venv/bin/python bench/poll_interval.py
+    .venv/bin/python -m bench.poll_interval
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from pathlib import Path
 
 from pynetdicom import AE
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.ingest import BARE_SCP, PDU, free_port, wait_listening  # noqa: E402
-from tests.factory import write_study  # noqa: E402
+from bench.common import PDU, free_port, wait_listening
+from bench.ingest import BARE_SCP
+from tests.support.factory import write_study
 
 
 def cpu_seconds(pid: int) -> float:

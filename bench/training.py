@@ -6,8 +6,8 @@ model's; the per-image cost of loading and augmenting a MURA-sized PNG is printe
 size the DataLoader workers. On CUDA, fp32 and bf16 autocast (the recipe's mixed precision) are
 compared, channels_last in both; the estimated epoch time is for MURA's 36,808 training images.
 
-    .venv/bin/python bench/training.py                                   # CPU, batch 8 and 16
-    python3 bench/training.py --device cuda --batches 8 32 64 --precisions fp32 bf16
+    .venv/bin/python -m bench.training                                   # CPU, batch 8 and 16
+    python3 -m bench.training --device cuda --batches 8 32 64 --precisions fp32 bf16
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,11 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from node.model import MuraDenseNet  # noqa: E402
-from node.training.data import ImageRecord, MuraImages  # noqa: E402
+from node.model import MuraDenseNet
+from node.training.data import ImageRecord, MuraImages
 
 MURA_TRAIN_IMAGES = 36_808
 

@@ -1,10 +1,14 @@
+"""Fixtures and hooks shared by every tier; helpers that tests import live in tests/support.
+
+Each test is marked with its tier, the folder it lives in (``unit``, ``integration`` or
+``acceptance``), so ``pytest -m unit`` selects a tier as ``pytest tests/unit`` does.
+"""
+
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +18,21 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from node.clock import Clock, utcnow
-from node.config import (
-    CompletionConfig,
-    Config,
-    DatabaseConfig,
-    DicomConfig,
-    ServiceConfig,
-    StorageConfig,
-    WorkerConfig,
-)
 from node.profiles import StorageProfile, Vocabulary, load_storage_profile, load_vocabulary
 from node.service import Node
-from tests.factory import free_port
+from tests.support.nodes import node_config
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+TIERS = ("unit", "integration", "acceptance")
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its tier: the first folder under tests/ that holds it."""
+    for item in items:
+        folder = item.path.resolve().relative_to(TESTS).parts[0]
+        if folder in TIERS:
+            item.add_marker(folder)
 
 
 @pytest.fixture(scope="session")
@@ -72,24 +77,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("postgres_url"))
 
 
-def node_config(tmp_path: Path, **sections: Any) -> Config:
-    """A test configuration: loopback, a free port, a data directory under tmp_path, and
-    completion timers long enough that nothing completes unless a test asks for it."""
-    config = Config(
-        dicom=DicomConfig(host="127.0.0.1", port=free_port()),
-        storage=StorageConfig(data_dir=tmp_path / "data"),
-        database=DatabaseConfig(),
-        completion=CompletionConfig(
-            quiet_period_s=3600, force_complete_s=7200, tick_interval_s=3600
-        ),
-        service=ServiceConfig(grace_period_s=5),
-        worker=WorkerConfig(processes=0),
-    )
-    for name, values in sections.items():
-        config = replace(config, **{name: replace(getattr(config, name), **values)})
-    return config
-
-
 @pytest.fixture
 def make_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     started: list[Node] = []
@@ -103,16 +90,3 @@ def make_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     yield factory
     for node in started:
         node.stop()
-
-
-class FakeClock:
-    """A clock that moves only when a test says so."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)

@@ -1,6 +1,6 @@
-/* OHIF 3 configuration for tests/test_viewer.py: one DICOMweb data source, Orthanc's, reached
+/* OHIF 3 configuration for tests/acceptance/test_viewer.py: one DICOMweb data source, Orthanc's, reached
  * through the test's server at the viewer's own origin (so no CORS), as a PACS would serve it.
- * Served in place of the dist's own app-config.js; see tests/ohif.py. */
+ * Served in place of the dist's own app-config.js; see tests/support/ohif.py. */
 window.config = {
   routerBasename: '/',
   extensions: [],

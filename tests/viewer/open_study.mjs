@@ -1,7 +1,7 @@
 // Open a study in OHIF with Debian's Chromium (playwright-core, headless) as a radiologist would:
 // the study's viewer URL, the measurements panel shown, a double-click on the thumbnail of one
 // series. Writes what is on screen to OUT/screen.json and screenshots to OUT/*.png. Judging what
-// was seen is the caller's job (tests/test_viewer.py); this script fails only when it cannot get
+// was seen is the caller's job (tests/acceptance/test_viewer.py); this script fails only when it cannot get
 // that far (no thumbnail for the series, the browser does not start).
 //
 //   node open_study.mjs --url http://127.0.0.1:PORT --study UID --series N --out DIR

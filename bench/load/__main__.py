@@ -1,0 +1,7 @@
+"""`python -m bench.load`: see the package's docstring."""
+
+import sys
+
+from bench.load.main import main
+
+sys.exit(main())

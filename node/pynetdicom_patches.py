@@ -1,7 +1,7 @@
 """Every change the node makes to pynetdicom's behaviour, and every reach into its internals.
 
 Checked against pynetdicom ``PYNETDICOM_CHECKED`` (pyproject.toml allows 3.x). Each function or
-class below names the pynetdicom behaviour it changes and why; tests/test_pynetdicom_patches.py
+class below names the pynetdicom behaviour it changes and why; tests/integration/test_pynetdicom_patches.py
 checks that every private attribute, method and signature used here still exists with the shape
 relied on, and runs each patch over a real loopback association, so an upgrade that breaks one
 fails there first. No other module of the node touches a private name of pynetdicom.

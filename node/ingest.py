@@ -20,7 +20,6 @@ processing it, the work role's (node/processing.py).
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -34,19 +33,13 @@ from sqlalchemy.orm import Session
 from node.clock import Clock, utcnow
 from node.db import IngestRejection, Instance, Study, StudyEvent
 from node.profiles import Role
-from node.states import StudyEventName, StudyState
+from node.states import IngestOutcome, StudyEventName, StudyState
 
 log = logging.getLogger(__name__)
 
 _STUDIES = cast(Table, Study.__table__)
 _INSTANCES = cast(Table, Instance.__table__)
 _EVENTS = cast(Table, StudyEvent.__table__)
-
-
-class IngestOutcome(enum.StrEnum):
-    STORED = "stored"
-    DUPLICATE = "duplicate"
-    REPLACED = "replaced"
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,8 @@ def _enabled() -> bool:
 
 
 def instance_received(outcome: str) -> None:
+    """Count a received instance by its ``outcome`` label: an `IngestOutcome` value, or
+    "refused 0xNNNN" with the status the node answered."""
     if _enabled():
         _metrics["instances"].labels(outcome).inc()
 

@@ -62,3 +62,13 @@ class StudyEventName(enum.StrEnum):
     DEAD_LETTER = "dead letter"
     DONE = "done"
     PURGED = "purged"
+
+
+class IngestOutcome(enum.StrEnum):
+    """What receiving one instance came to (and the ``outcome`` label of
+    ``mura_node_instances_received``)."""
+
+    STORED = "stored"  # a new instance
+    DUPLICATE = "duplicate"  # the same SOPInstanceUID with the same content: nothing changed
+    REPLACED = "replaced"  # the same SOPInstanceUID with new content: a new revision
+    NOT_ANALYSED = "ignored"  # metrics only: stored, but of a role the model does not analyse

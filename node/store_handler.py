@@ -50,10 +50,11 @@ from node.errors import (
     UnreadableDataset,
 )
 from node.headers import Header, header_of, study_of_partial_data_set
-from node.ingest import IngestOutcome, IngestRecords, InstanceRecord
+from node.ingest import IngestRecords, InstanceRecord
 from node.profiles import Role, StorageProfile
 from node.pynetdicom_patches import data_set_path, message_being_received
 from node.scp_requests import request_problem
+from node.states import IngestOutcome
 from node.storage import FileStore
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,9 @@ class StoreHandler:
                 self.store.remove(relative)
             raise
         self.transfers.stored(event.assoc, header.study_instance_uid)
-        metrics.instance_received(str(result.outcome) if role is Role.ANALYSE else "ignored")
+        metrics.instance_received(
+            result.outcome if role is Role.ANALYSE else IngestOutcome.NOT_ANALYSED
+        )
         if result.outcome is IngestOutcome.DUPLICATE:
             if relative is not None:
                 self.store.remove(relative)

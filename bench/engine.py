@@ -31,10 +31,10 @@ import numpy as np
 import torch
 import torchvision
 
-from node.engine import InferenceEngine
-from node.imaging import dicom_file_to_tensor
-from node.model import MuraDenseNet
-from node.preprocessing import DicomPreprocessor
+from node.inference.engine import InferenceEngine
+from node.inference.imaging import dicom_file_to_tensor
+from node.inference.model import MuraDenseNet
+from node.inference.preprocessing import DicomPreprocessor
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

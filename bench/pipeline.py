@@ -32,8 +32,8 @@ from sqlalchemy.orm import Session
 from bench.common import ROOT
 from node.config import ModelConfig
 from node.db import Dispatch, Result, Study, StudyEvent, make_engine
-from node.engine import InferenceEngine
-from node.imaging import dicom_file_to_tensor
+from node.inference.engine import InferenceEngine
+from node.inference.imaging import dicom_file_to_tensor
 from tests.support.factory import free_port, storescu, write_study
 from tests.support.orthanc import Orthanc
 

@@ -21,7 +21,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from node.engine import ImageResult, StudyResult
+from node.inference.engine import ImageResult, StudyResult
 from node.results.identity import AlgorithmInfo, NodeIdentity
 from node.results.order import SourcePosition
 from node.results.sanitise import clean_source

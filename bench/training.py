@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from node.model import MuraDenseNet
+from node.inference.model import MuraDenseNet
 from node.training.data import ImageRecord, MuraImages
 
 MURA_TRAIN_IMAGES = 36_808

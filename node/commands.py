@@ -33,21 +33,21 @@ def fail(message: str, status: int) -> int:
 
 def serve(args: argparse.Namespace, config: Config) -> int:
     """`serve`: receive, complete, infer and deliver until SIGINT or SIGTERM."""
-    from node.service import serve
+    from node.operate.service import serve
 
     return serve(config)
 
 
 def worker(args: argparse.Namespace, config: Config) -> int:
     """`worker`: one inference worker only (e.g. on a GPU machine)."""
-    from node.service import run_worker
+    from node.operate.service import run_worker
 
     return run_worker(config)
 
 
 def demo(args: argparse.Namespace, config: Config) -> int:
     """`demo`: the whole pipeline on a generated study."""
-    from node.demo import run_demo
+    from node.operate.demo import run_demo
 
     return run_demo(config, args.dir)
 
@@ -93,7 +93,7 @@ def evaluate(args: argparse.Namespace, config: Config) -> int:
 def retry(args: argparse.Namespace, config: Config) -> int:
     """`retry`: re-queue the dead-lettered deliveries."""
     from node.db import make_engine
-    from node.outbox import Outbox
+    from node.deliver.outbox import Outbox
 
     count = Outbox(make_engine(config.database_url)).retry_dead()
     print(f"re-queued {count} dead-lettered deliver{'y' if count == 1 else 'ies'}")
@@ -104,8 +104,8 @@ def status(args: argparse.Namespace, config: Config) -> int:
     """`status`: the queue, once or every ``--watch`` seconds; exit 2 for a bad interval."""
     from node.clock import utcnow
     from node.db import check_schema, safe_url
-    from node.status import collect_status
-    from node.status_view import print_status
+    from node.operate.status import collect_status
+    from node.operate.status_view import print_status
 
     if args.watch is not None and args.watch <= 0:
         return fail("--watch: the interval must be greater than 0 seconds", 2)
@@ -132,9 +132,9 @@ def status(args: argparse.Namespace, config: Config) -> int:
 def studies_show(args: argparse.Namespace, config: Config) -> int:
     """`studies show UID`: one study in detail; exit 1 when no study or several match."""
     from node.db import check_schema
-    from node.reports import AmbiguousStudy
-    from node.status import study_history
-    from node.status_view import print_history
+    from node.operate.reports import AmbiguousStudy
+    from node.operate.status import study_history
+    from node.operate.status_view import print_history
 
     engine = open_readonly(config)
     try:
@@ -167,7 +167,7 @@ def db_upgrade(args: argparse.Namespace, config: Config) -> int:
 
 def model_pack(args: argparse.Namespace, config: Config) -> int:
     """`model pack`: a state dict as safetensors weights and a model card."""
-    from node.cards import pack_checkpoint, read_state_dict
+    from node.inference.cards import pack_checkpoint, read_state_dict
 
     card = pack_checkpoint(
         read_state_dict(args.weights),
@@ -184,7 +184,7 @@ def model_pack(args: argparse.Namespace, config: Config) -> int:
 
 def model_info(args: argparse.Namespace, config: Config) -> int:
     """`model info`: load the configured model; print its cards, hashes and device."""
-    from node.engine import InferenceEngine
+    from node.inference.engine import InferenceEngine
 
     engine = InferenceEngine.from_config(config.model)
     info = engine.describe()

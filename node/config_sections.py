@@ -188,7 +188,7 @@ class DatabaseConfig(FrozenValues):
 
 @dataclass(frozen=True)
 class CompletionConfig(FrozenValues):
-    """When a study counts as fully arrived (see node/completion.py); seconds."""
+    """When a study counts as fully arrived (see node/complete/completion.py); seconds."""
 
     quiet_period_s: float = 60.0
     force_complete_s: float = 900.0
@@ -212,7 +212,7 @@ class ServiceConfig(FrozenValues):
     grace_period_s: float = 30.0
     log_level: str = "INFO"
     log_format: str = "text"
-    # logger name -> level, e.g. {"node.scp": "DEBUG"}
+    # logger name -> level, e.g. {"node.receive.scp": "DEBUG"}
     log_levels: Mapping[str, str] = field(default_factory=_empty)
 
     def __post_init__(self) -> None:
@@ -236,7 +236,7 @@ class ServiceConfig(FrozenValues):
 
 @dataclass(frozen=True)
 class ModelConfig(FrozenValues):
-    """The inference engine (see node/engine.py)."""
+    """The inference engine (see node/inference/engine.py)."""
 
     cards: tuple[str, ...] = ()
     allow_untrained: bool = False
@@ -286,7 +286,7 @@ class ModelConfig(FrozenValues):
 
 @dataclass(frozen=True)
 class WorkerConfig(FrozenValues):
-    """The inference worker (node/worker.py)."""
+    """The inference worker (node/work/worker.py)."""
 
     processes: int = 1
     poll_interval_s: float = 1.0
@@ -303,7 +303,7 @@ class WorkerConfig(FrozenValues):
 
 @dataclass(frozen=True)
 class DispatchConfig(FrozenValues):
-    """Delivery of results to the destinations (node/dispatch.py)."""
+    """Delivery of results to the destinations (node/deliver/dispatch.py)."""
 
     poll_interval_s: float = 2.0
     max_attempts: int = 8

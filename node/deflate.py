@@ -4,7 +4,7 @@ pydicom inflates a deflated data set whole before it reads a single element, how
 inflates: a deflate bomb of a few hundred kilobytes is gigabytes. The node reads such files only
 through `DeflatedReader`, which inflates as far as the caller allows: the header
 (`HEADER_BYTES`, enough for any real header) at ingest, and at most what the image needs when it
-is decoded (node/imaging.py). The start of a data set still arriving (node/headers.py) is
+is decoded (node/inference/imaging.py). The start of a data set still arriving (node/receive/headers.py) is
 inflated with `inflate_start`, as far as its own limit. Every inflate of the node is here.
 """
 

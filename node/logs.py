@@ -1,7 +1,7 @@
 """Logging set-up, shared by `mura-node` and its worker and dispatcher processes.
 
 Human-readable lines by default, JSON lines (one object per record) with ``service.log_format =
-"json"``; a level per logger with ``[service.log_levels]`` (e.g. ``"node.scp" = "DEBUG"``). Logs go to
+"json"``; a level per logger with ``[service.log_levels]`` (e.g. ``"node.receive.scp" = "DEBUG"``). Logs go to
 stderr: under systemd the journal keeps and rotates them. Nothing patient-identifying is logged at
 INFO or above (studies appear as shortened UIDs, peers as AE titles and addresses).
 """

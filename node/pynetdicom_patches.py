@@ -6,7 +6,7 @@ checks that every private attribute, method and signature used here still exists
 relied on, and runs each patch over a real loopback association, so an upgrade that breaks one
 fails there first. No other module of the node touches a private name of pynetdicom.
 
-Receiving (node/scp.py, node/scp_requests.py):
+Receiving (node/receive/scp.py, node/receive/scp_requests.py):
 
 - `stream_data_sets_to_disk`: ``_config.STORE_RECV_CHUNKED_DATASET``;
 - `set_idle_sleep`: the DUL reactor's ``_run_loop_delay``;
@@ -19,7 +19,7 @@ Receiving (node/scp.py, node/scp_requests.py):
   association and its DIMSE provider, ``Association._serve_request``, ``_accepted_cx``,
   ``_sent_release``, ``_is_paused``, ``DIMSEMessage.encoded_command_set``.
 
-Sending (node/scu.py):
+Sending (node/deliver/scu.py):
 
 - `ReportingAE` (`ReportingSocket`): overrides of ``AE._create_socket`` and
   ``AssociationSocket._create_socket``, and reads of ``tls_args`` and ``_is_connected``, to keep
@@ -233,7 +233,7 @@ def check_store_requests(assoc: Association, inspect: Inspect) -> None:
     """Make an acceptor association (before it starts) check each C-STORE-RQ's command set as
     soon as it is complete, before pynetdicom decodes it (pynetdicom alone drops, aborts or
     ignores requests with a missing or invalid Affected SOP Class / Instance UID: see
-    node/scp_requests.py).
+    node/receive/scp_requests.py).
 
     ``inspect(command_set, abstract_syntax)`` returns the request's problem or None. With a
     problem (and a Message ID), the ``replaced`` values become `PLACEHOLDER`, and the request goes

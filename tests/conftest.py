@@ -18,8 +18,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from node.clock import Clock, utcnow
+from node.operate.service import Node
 from node.profiles import StorageProfile, Vocabulary, load_storage_profile, load_vocabulary
-from node.service import Node
 from tests.support.nodes import node_config
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"

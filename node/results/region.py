@@ -1,10 +1,10 @@
 """Where on a source image the class activation map is strongest, as an image region.
 
 The model sees the whole image scaled to ``INPUT_SIZE`` x ``INPUT_SIZE`` (aspect ratio not kept,
-`node.imaging`), so its map, ``h`` x ``w`` cells at feature resolution (10 x 10 for a 320 input),
+`node.inference.imaging`), so its map, ``h`` x ``w`` cells at feature resolution (10 x 10 for a 320 input),
 covers the source image evenly: cell ``(i, j)`` is the source rectangle
 ``[j * Columns / w, (j + 1) * Columns / w] x [i * Rows / h, (i + 1) * Rows / h]``, as in the
-heatmap (`node.model.upsample_cam`, whose bilinear surface peaks at the centre of the peak cell).
+heatmap (`node.inference.model.upsample_cam`, whose bilinear surface peaks at the centre of the peak cell).
 
 The region is the bounding box of the cells whose value is at least ``level`` (half) of the map's
 maximum and that are 4-connected to the cell of the maximum: the map's strongest blob, at the

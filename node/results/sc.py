@@ -2,7 +2,7 @@
 and what it shows burned into its pixels.
 
 Rendering (`blend_heatmap`): the radiograph as a radiologist sees it (the same windowing and
-MONOCHROME1 inversion as the model input, node/imaging.py), scaled so that its longest side is at
+MONOCHROME1 inversion as the model input, node/inference/imaging.py), scaled so that its longest side is at
 most 1024 pixels with the aspect ratio kept; the map is upsampled to that size, its positive part
 scaled to [0, 1], and blended in colour only where it exceeds 0.2, with at most 45 % opacity, so the
 bone stays visible under the colour and regions without evidence are left untouched.
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from highdicom.sc import SCImage
 from pydicom.dataset import Dataset
 
-from node.model import normalise_cam, upsample_cam
+from node.inference.model import normalise_cam, upsample_cam
 from node.results.drawing import MIN_WIDTH, Line, Style, colour_scale, font_unit, stack, text_band
 from node.results.identity import AlgorithmInfo, NodeIdentity, add_study_level
 from node.results.order import SourcePosition

@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from node.engine import StudyResult
+from node.inference.engine import StudyResult
 from node.results.identity import AlgorithmInfo, NodeIdentity
 from node.results.region import cam_region
 

@@ -27,7 +27,7 @@ from highdicom.sc import SCImage
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from node.engine import StudyResult
+from node.inference.engine import StudyResult
 from node.results.drawing import Line, Style, colour_scale, font_unit, stack, text_band
 from node.results.identity import AlgorithmInfo, NodeIdentity, add_study_level
 from node.results.order import SourcePosition

@@ -20,7 +20,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from node.imaging import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, png_to_unit, unit_to_tensor
+from node.inference.imaging import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INPUT_SIZE,
+    png_to_unit,
+    unit_to_tensor,
+)
 from node.profiles import MURA_STUDY_TYPES
 
 _TYPE = re.compile(r"XR_([A-Z]+)")

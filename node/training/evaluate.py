@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from node.config import ModelConfig
-from node.engine import InferenceEngine
-from node.imaging import dicom_file_to_tensor, png_file_to_tensor
+from node.inference.engine import InferenceEngine
+from node.inference.imaging import dicom_file_to_tensor, png_file_to_tensor
 from node.training.data import ImageRecord, read_split
 from node.training.plots import write_plots
 from node.training.scores import choose_thresholds, evaluate, markdown_table, study_predictions

@@ -1,7 +1,7 @@
 """`mura-node train`: the MURA paper's recipe on the node's own preprocessing and model.
 
-DenseNet-169 (node/model.py), input ``image_size`` (320 in the paper), ImageNet normalisation
-(node/imaging.py), random horizontal flips and rotations up to 30 degrees, binary cross-entropy
+DenseNet-169 (node/inference/model.py), input ``image_size`` (320 in the paper), ImageNet normalisation
+(node/inference/imaging.py), random horizontal flips and rotations up to 30 degrees, binary cross-entropy
 weighted per study type from the training set's image counts (node/training/data.py), Adam (lr
 1e-4, betas 0.9/0.999), batch 8, learning rate divided by 10 when the validation loss does not
 improve after an epoch, a checkpoint per epoch with its validation loss, and the ``ensemble`` best
@@ -27,10 +27,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from node.cards import ModelCard, pack_checkpoint
-from node.engine import resolve_device
-from node.imaging import INPUT_SIZE
-from node.model import MuraDenseNet
+from node.inference.cards import ModelCard, pack_checkpoint
+from node.inference.engine import resolve_device
+from node.inference.imaging import INPUT_SIZE
+from node.inference.model import MuraDenseNet
 from node.training.data import MuraImages, loss_weights, read_split
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from node.engine import ImageResult, StudyResult
-from node.imaging import dicom_to_unit
+from node.inference.engine import ImageResult, StudyResult
+from node.inference.imaging import dicom_to_unit
 from node.results import drawing
 from node.results.identity import AlgorithmInfo
 from node.results.order import SourcePosition

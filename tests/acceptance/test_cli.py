@@ -158,14 +158,14 @@ def test_json_logs_and_levels_per_logger(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     [line] = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
-    assert (line["level"], line["logger"]) == ("WARNING", "node.engine")
+    assert (line["level"], line["logger"]) == ("WARNING", "node.inference.engine")
     assert "UNTRAINED" in line["message"]
     quiet = subprocess.run(
         [sys.executable, "-m", "node", "model", "info"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env={**env, "MURA_NODE_SERVICE__LOG_LEVELS": '{"node.engine" = "ERROR"}'},
+        env={**env, "MURA_NODE_SERVICE__LOG_LEVELS": '{"node.inference.engine" = "ERROR"}'},
     )
     assert quiet.returncode == 0 and quiet.stderr == ""
 

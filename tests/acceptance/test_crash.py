@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from node.config import Destination, ModelConfig
 from node.db import Result, Study, StudyEvent
-from node.service import Node
+from node.operate.service import Node
 from tests.support import destination as dest
 from tests.support.factory import CR, storescu, write_study
 from tests.support.nodes import FakeClock, node_config
@@ -139,8 +139,8 @@ def test_a_worker_returns_the_study_of_a_silent_worker_and_processes_it(
     make_node: Callable[..., Node], tmp_path: Path
 ) -> None:
     """Reclaiming expired leases is the workers' job (their heartbeat), not the scheduler's."""
-    from node.engine import InferenceEngine
-    from node.worker import build_worker
+    from node.inference.engine import InferenceEngine
+    from node.work.worker import build_worker
 
     clock = FakeClock()
     node = make_node(clock=clock, worker={"lease_s": 0.4, "poll_interval_s": 0.05})

@@ -20,10 +20,10 @@ from sqlalchemy.orm import Session
 
 from node.config import Destination, ModelConfig
 from node.db import IngestRejection, Study, StudyEvent
-from node.dispatch import Dispatcher
-from node.engine import InferenceEngine
-from node.service import Node
-from node.worker import build_worker
+from node.deliver.dispatch import Dispatcher
+from node.inference.engine import InferenceEngine
+from node.operate.service import Node
+from node.work.worker import build_worker
 from tests.acceptance.test_pipeline import Pipeline
 from tests.support.factory import dciodvfy_errors, make_radiograph, raw, storescu, write
 from tests.support.nodes import FakeClock

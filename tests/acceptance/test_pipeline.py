@@ -21,15 +21,15 @@ from sqlalchemy.orm import Session
 
 from node.config import ModelConfig
 from node.db import Dispatch, Result, Study
-from node.dispatch import Dispatcher
-from node.engine import InferenceEngine
-from node.imaging import dicom_file_to_tensor
-from node.outbox import Outbox
+from node.deliver.dispatch import Dispatcher
+from node.deliver.outbox import Outbox
+from node.inference.engine import InferenceEngine
+from node.inference.imaging import dicom_file_to_tensor
+from node.operate.service import Node
+from node.operate.status import collect_status
 from node.results.sc import SC_SERIES_DESCRIPTION
 from node.results.summary import SUMMARY_SERIES_DESCRIPTION
-from node.service import Node
-from node.status import collect_status
-from node.worker import Worker, build_worker
+from node.work.worker import Worker, build_worker
 from tests.support.factory import dciodvfy_errors, make_radiograph, storescu, write, write_study
 from tests.support.nodes import FakeClock
 from tests.support.orthanc import Orthanc
@@ -137,8 +137,8 @@ def test_study_to_sr_and_heatmaps_in_orthanc(
     assert {i["StudyInstanceUID"] for i in received} == {study_uid}
     assert {d.state for d in pipeline.dispatches()} == {"SENT"}
 
-    from node.status import study_history
-    from node.status_view import render_history
+    from node.operate.status import study_history
+    from node.operate.status_view import render_history
 
     history = study_history(pipeline.node.engine, study_uid[-12:])
     assert history is not None and history.state == "DONE"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from node.cards import load_card, load_weights
+from node.inference.cards import load_card, load_weights
 from node.training.data import (
     ImageRecord,
     loss_weights,

@@ -29,13 +29,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from node.config import Destination, ModelConfig
-from node.dispatch import Dispatcher
-from node.engine import InferenceEngine, StudyResult
-from node.imaging import dicom_file_to_tensor
+from node.deliver.dispatch import Dispatcher
+from node.inference.engine import InferenceEngine, StudyResult
+from node.inference.imaging import dicom_file_to_tensor
+from node.operate.service import Node
 from node.results.sc import SC_SERIES_DESCRIPTION
 from node.results.summary import SUMMARY_SERIES_DESCRIPTION
-from node.service import Node
-from node.worker import build_worker
+from node.work.worker import build_worker
 from tests.acceptance.test_pipeline import Pipeline
 from tests.support.factory import storescu, write
 from tests.support.nodes import FakeClock, node_config

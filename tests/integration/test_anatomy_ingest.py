@@ -13,9 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from node.db import Instance, Study
-from node.service import Node
-from node.status import study_history
-from node.status_view import render_history
+from node.operate.service import Node
+from node.operate.status import study_history
+from node.operate.status_view import render_history
 from tests.support.factory import make_radiograph, storescu, write
 from tests.support.nodes import FakeClock
 

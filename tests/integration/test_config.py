@@ -295,7 +295,7 @@ def test_a_built_configuration_cannot_change(tmp_path: Path) -> None:
         write(
             tmp_path,
             '[dicom.peer_addresses]\nPACS = ["10.0.0.1"]\n'
-            '[service.log_levels]\n"node.scp" = "DEBUG"\n'
+            '[service.log_levels]\n"node.receive.scp" = "DEBUG"\n'
             "[model.thresholds]\nwrist = 0.45\n",
         ),
         environ={},

@@ -32,13 +32,13 @@ from sqlalchemy.orm import Session
 
 from node.config import Config, Destination
 from node.db import Dispatch, Result, Study, StudyEvent
-from node.dispatch import Dispatcher
-from node.engine import InferenceEngine
-from node.model import MuraDenseNet
-from node.service import Node
-from node.status import collect_status, study_history
-from node.status_view import render_history, render_status
-from node.worker import build_worker
+from node.deliver.dispatch import Dispatcher
+from node.inference.engine import InferenceEngine
+from node.inference.model import MuraDenseNet
+from node.operate.service import Node
+from node.operate.status import collect_status, study_history
+from node.operate.status_view import render_history, render_status
+from node.work.worker import build_worker
 from tests.support import destination as dest
 from tests.support.factory import dcmtk_env, free_port, storescu, write_study
 from tests.support.nodes import FakeClock

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from node.cards import load_card, load_weights, pack_checkpoint, read_state_dict
 from node.config import ModelConfig
-from node.engine import InferenceEngine, resolve_device
 from node.errors import CheckpointError, UndecodableImage
-from node.model import MuraDenseNet, normalise_cam, upsample_cam
-from node.preprocessing import DicomPreprocessor
+from node.inference.cards import load_card, load_weights, pack_checkpoint, read_state_dict
+from node.inference.engine import InferenceEngine, resolve_device
+from node.inference.model import MuraDenseNet, normalise_cam, upsample_cam
+from node.inference.preprocessing import DicomPreprocessor
 from tests.support.factory import make_radiograph, write
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from node.db import Instance, Study, StudyEvent
-from node.service import Node
+from node.operate.service import Node
 from tests.support.factory import CR, make_radiograph, storescu, write
 from tests.support.nodes import FakeClock
 

@@ -10,13 +10,13 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from node.completer import Completer
-from node.completion import CompletionPolicy, CompletionReason
+from node.complete.completer import Completer
+from node.complete.completion import CompletionPolicy, CompletionReason
 from node.db import Instance, Study, StudyEvent, make_engine, upgrade_database
-from node.ingest import IngestRecords, IngestResult, InstanceRecord
-from node.processing import WorkQueue
 from node.profiles import Role, Vocabulary
+from node.receive.ingest import IngestRecords, IngestResult, InstanceRecord
 from node.states import IngestOutcome, StudyState
+from node.work.processing import WorkQueue
 from tests.support.nodes import FakeClock as Clock
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)

@@ -17,8 +17,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from node.engine import ImageResult, StudyResult
-from node.imaging import dicom_to_unit
+from node.inference.engine import ImageResult, StudyResult
+from node.inference.imaging import dicom_to_unit
 from node.results.identity import AlgorithmInfo, NodeIdentity
 from node.results.order import SourcePosition
 from node.results.region import cam_region

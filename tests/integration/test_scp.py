@@ -18,7 +18,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from node.db import IngestRejection, Instance, Study
-from node.service import Node
+from node.operate.service import Node
 from tests.support.factory import (
     BASIC_TEXT_SR,
     CR,

@@ -1,6 +1,6 @@
 """C-STORE requests whose Affected SOP Class UID or Affected SOP Instance UID is missing, empty
 or not a UID, sent by a pynetdicom SCU with a hand-built C-STORE-RQ primitive over a real
-association to a node in this process (node/scp_requests.py says what pynetdicom does with them
+association to a node in this process (node/receive/scp_requests.py says what pynetdicom does with them
 alone). Each must get 0xC001 with an ErrorComment naming the problem, be recorded as a refused
 C-STORE, leave no file in the data directory or in pynetdicom's temporary directory (the data
 directory's tmp/, as under `serve`), and leave the node serving.
@@ -28,8 +28,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from node.db import IngestRejection, Instance
-from node.scp_requests import is_uid, problem_of
-from node.service import Node
+from node.operate.service import Node
+from node.receive.scp_requests import is_uid, problem_of
 from tests.support.factory import CR, make_radiograph, storescu, write
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom.*")

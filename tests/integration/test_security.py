@@ -20,11 +20,11 @@ from sqlalchemy.orm import Session
 
 from node.config import Config, Destination, ModelConfig
 from node.db import Instance, Study
-from node.dispatch import Dispatcher
-from node.engine import InferenceEngine
-from node.retention import purge_delivered
-from node.service import Node
-from node.worker import build_worker
+from node.deliver.dispatch import Dispatcher
+from node.inference.engine import InferenceEngine
+from node.operate.retention import purge_delivered
+from node.operate.service import Node
+from node.work.worker import build_worker
 from tests.integration.test_scp import pynetdicom_send
 from tests.support import destination as dest
 from tests.support.factory import CR, dcmtk_env, make_radiograph, storescu, write, write_study

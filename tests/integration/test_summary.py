@@ -11,7 +11,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from node.engine import ImageResult, StudyResult
+from node.inference.engine import ImageResult, StudyResult
 from node.results.order import SourcePosition
 from node.results.summary import (
     SUMMARY_SERIES_DESCRIPTION,

@@ -18,7 +18,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node.scu import RESULT_CLASSES
+from node.deliver.scu import RESULT_CLASSES
 from tests.support.factory import free_port
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"

@@ -15,9 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from node.db import IngestRejection, Instance, Study
-from node.engine import InferenceEngine
-from node.service import Node
-from node.worker import build_worker
+from node.inference.engine import InferenceEngine
+from node.operate.service import Node
+from node.work.worker import build_worker
 from tests.support.factory import make_radiograph, storescu, write
 from tests.support.hostile import NO_STATUS
 from tests.support.nodes import FakeClock

@@ -9,7 +9,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from node.imaging import dicom_to_unit
+from node.inference.imaging import dicom_to_unit
 from node.results.identity import AlgorithmInfo, NodeIdentity
 from node.results.order import SourcePosition
 from node.results.sanitise import clean_source

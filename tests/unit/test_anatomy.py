@@ -21,9 +21,8 @@ from pydicom.sr._concepts_dict import concepts
 from pydicom.sr._snomed_dict import mapping
 from pydicom.tag import Tag
 
-from node.eligibility import classify_code, classify_image, decide_eligibility
+from node.complete.eligibility import classify_code, classify_image, decide_eligibility
 from node.errors import ProfileError
-from node.headers import anatomic_region, read_header
 from node.profiles import (
     CODED_FIELD,
     MAX_CODED_REGION,
@@ -32,6 +31,7 @@ from node.profiles import (
     coded_region,
     load_vocabulary,
 )
+from node.receive.headers import anatomic_region, read_header
 from tests.support.factory import make_radiograph, write
 
 HEADINGS = ("no_study_type", "not_upper_extremity")

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import node.cli
 from node.commands import COMMANDS, config_dict
 from node.config import Config, DatabaseConfig
-from node.reports import DeliveryRow, InstanceRow, Rejection, ResultRow, as_json
+from node.operate.reports import DeliveryRow, InstanceRow, Rejection, ResultRow, as_json
 
 
 def _command_names(parser: argparse.ArgumentParser, prefix: str = "") -> set[str]:

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.completion import (
+from node.complete.completion import (
     ArrivalTimes,
     CompletionPolicy,
     CompletionReason,

@@ -1,13 +1,15 @@
 from pathlib import Path
 
-from node.conformance import render, sections
+from node.operate.conformance import render, sections
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "conformance.md"
 
 
 def test_conformance_statement_tables_match_the_profiles() -> None:
     text = DOCUMENT.read_text()
-    assert render(text, sections()) == text, "run: python -m node.conformance docs/conformance.md"
+    assert render(text, sections()) == text, (
+        "run: python -m node.operate.conformance docs/conformance.md"
+    )
     assert (
         "| Computed Radiography Image Storage | 1.2.840.10008.5.1.4.1.1.1 | stored and analysed |"
         in text

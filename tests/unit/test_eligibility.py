@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.eligibility import classify_image, decide_eligibility, normalise
+from node.complete.eligibility import classify_image, decide_eligibility, normalise
 from node.profiles import Vocabulary
 
 

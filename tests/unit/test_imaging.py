@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from node.errors import UndecodableImage
-from node.imaging import (
+from node.inference.imaging import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     dicom_file_to_tensor,

@@ -1,4 +1,4 @@
-"""Reading the StudyInstanceUID of a data set that has only partly arrived (node/scp.py), as the
+"""Reading the StudyInstanceUID of a data set that has only partly arrived (node/receive/scp.py), as the
 SCP does to hold a study while one of its images is in flight."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pydicom.filereader import _read_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from node.headers import study_of_partial_data_set
+from node.receive.headers import study_of_partial_data_set
 from tests.support.factory import make_radiograph
 
 

@@ -1,4 +1,4 @@
-"""The retry policy: back-off, cap and dead letter (node/retry.py), as the dispatcher and the
+"""The retry policy: back-off, cap and dead letter (node/deliver/retry.py), as the dispatcher and the
 `serve` supervisor use it."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node.config import DispatchConfig
-from node.retry import Retry
-from node.service import RAN_LONG_S, RESTART
+from node.deliver.retry import Retry
+from node.operate.service import RAN_LONG_S, RESTART
 
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
 

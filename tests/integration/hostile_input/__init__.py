@@ -22,7 +22,7 @@ By kind of hostile input:
 - test_association_abuse.py: refused negotiation, stalled associations, oversized PDUs, aborted
   transfers;
 - test_fuzzed_input.py: property-based tests that mutate valid data sets (byte flips,
-  truncation, element values) through the ingest header parsing (node/headers.py
+  truncation, element values) through the ingest header parsing (node/receive/headers.py
   ``header_of``) and the decoding path (``DicomPreprocessor``) and accept only the node's own
   error types, never another exception or a hang.
 
@@ -30,5 +30,5 @@ The data sets are built by tests/support/hostile.py, the checks after each case 
 tests/support/hostile_node.py, the nodes and the engine are this package's fixtures (conftest.py).
 
 Comments marked "pynetdicom/pydicom alone" describe what the libraries do by themselves and
-what node/scp.py does about it.
+what node/receive/scp.py does about it.
 """

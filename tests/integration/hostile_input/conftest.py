@@ -12,9 +12,9 @@ import pytest
 import torch
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from node.engine import InferenceEngine
-from node.model import MuraDenseNet
-from node.service import Node
+from node.inference.engine import InferenceEngine
+from node.inference.model import MuraDenseNet
+from node.operate.service import Node
 from tests.support.hostile import PIXEL_TAG, encode, of, part10, radiograph
 from tests.support.hostile_node import Running, started
 from tests.support.nodes import FakeClock, node_config

@@ -62,7 +62,7 @@ def test_oversized_pdu_keeps_memory_bounded(running: Running) -> None:
     # length the peer writes in its header (DULServiceProvider._read_pdu_data ->
     # AssociationSocket.recv(pdu_length)), even before any association: a client that connects
     # and sends 150 MB as one P-DATA-TF PDU costs the SCP 300 MB (the bytes, then a copy), up to
-    # 8 GiB per connection. node/scp.py therefore: pass make_server a request_handler whose
+    # 8 GiB per connection. node/receive/scp.py therefore: pass make_server a request_handler whose
     # _create_association gives the association an AssociationSocket subclass whose
     # recv(nr_bytes) raises OSError when nr_bytes is more than max(dicom.maximum_pdu_size,
     # 1 MiB) (the DUL then treats the connection as closed and the association ends).
@@ -90,7 +90,7 @@ def test_aborted_transfer_leaves_no_partial_file(running: Running) -> None:
     # the C-STORE handler ran; an association aborted (or a connection dropped) in the middle of
     # a data set leaves the partial file in <data_dir>/tmp until the node restarts, so a peer can
     # fill the disk by sending most of a large data set and aborting, again and again. Therefore
-    # node/scp.py: bind a handler to evt.EVT_CONN_CLOSE (and evt.EVT_ABORTED) in StoreSCP.start
+    # node/receive/scp.py: bind a handler to evt.EVT_CONN_CLOSE (and evt.EVT_ABORTED) in StoreSCP.start
     # that closes and unlinks event.assoc.dimse.message._data_set_file when it is set.
     node = running.node
     big = radiograph()

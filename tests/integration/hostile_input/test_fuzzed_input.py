@@ -1,4 +1,4 @@
-"""Property-based: mutated data sets through the ingest header parsing (node/headers.py
+"""Property-based: mutated data sets through the ingest header parsing (node/receive/headers.py
 ``header_of``) and the decoding path (``DicomPreprocessor``), which accept only the node's
 own error types, never another exception or a hang."""
 
@@ -27,8 +27,8 @@ from pydicom.uid import (
 )
 
 from node.errors import DatasetMismatch, UndecodableImage, UnreadableDataset
-from node.headers import Header, header_of
-from node.preprocessing import DicomPreprocessor
+from node.inference.preprocessing import DicomPreprocessor
+from node.receive.headers import Header, header_of
 from tests.support.factory import raw
 from tests.support.hostile import compressed, radiograph
 from tests.support.hostile_node import MEMORY_BOUND, PeakMemory

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from pydicom.uid import generate_uid
 
-from node.engine import InferenceEngine
+from node.inference.engine import InferenceEngine
 from tests.support.factory import DX_PRESENTATION, IMAGE_PIXEL_KEYWORDS
 from tests.support.hostile import (
     NO_STATUS,
@@ -83,7 +83,7 @@ CASES = [
         0xA900,
         "SOPClassUID in the data set differs",
     ),
-    refused(  # the request is checked first (node/scp_requests.py)
+    refused(  # the request is checked first (node/receive/scp_requests.py)
         "request-instance-path-like",
         lambda: of(radiograph(), sop_instance="../../../../tmp/mura-hostile"),
         0xC001,
@@ -114,10 +114,10 @@ CASES = [
         0xC001,
         "series_instance_uid is not a valid UID",
     ),
-    # pynetdicom/pydicom alone (the next two): node/scp.py read_header cuts every value to 64 characters
+    # pynetdicom/pydicom alone (the next two): node/receive/scp.py read_header cuts every value to 64 characters
     # before header_of checks it, so a StudyInstanceUID (or SeriesInstanceUID) longer than 64
     # characters is stored cut short as another, valid UID, and one that only goes bad after its
-    # 64th character ("1.2.3...4/../../x") passes. node/scp.py therefore: take the four UIDs without the [:64] cut
+    # 64th character ("1.2.3...4/../../x") passes. node/receive/scp.py therefore: take the four UIDs without the [:64] cut
     # (keep it for the descriptive fields), so is_uid sees the whole value.
     refused(
         "study-uid-too-long",
@@ -158,7 +158,7 @@ CASES = [
     # pynetdicom/pydicom alone: pydicom cannot read an undefined length on a plain element, and then
     # (filereader.read_dataset swallows the EOFError with a warning) returns an EMPTY data set,
     # which header_of answers 0xA900 "SOPClassUID in the data set differs from the request".
-    # node/scp.py read_header therefore: a data set read without a SOPClassUID is UnreadableDataset
+    # node/receive/scp.py read_header therefore: a data set read without a SOPClassUID is UnreadableDataset
     # ("cannot parse data set: no SOP Class UID could be read") -> 0xC000.
     refused(
         "private-element-undefined-length",
@@ -188,7 +188,7 @@ CASES = [
     ),
     # A C-STORE request without an AffectedSOPInstanceUID. pynetdicom alone: the reactor thread
     # dies on the command (AttributeError in C_STORE_RQ.decode_msg) and drops the association
-    # without a response, leaving its temporary file. node/scp_requests.py checks the command
+    # without a response, leaving its temporary file. node/receive/scp_requests.py checks the command
     # set first (more cases: tests/integration/test_scp_requests.py).
     refused(
         "request-without-sop-instance-uid",
@@ -236,7 +236,7 @@ def test_hostile_input(case: Case, battery: Running, engine: InferenceEngine) ->
     if status == NO_STATUS:
         assert len(set(node.store.instances.rglob("*.dcm")) - files_before) == 0
         # pynetdicom's leftover (see the case): empty, in the data directory's tmp/, and gone
-        # after a restart (FileStore.prepare empties tmp/). Removing it sooner needs node/scp.py
+        # after a restart (FileStore.prepare empties tmp/). Removing it sooner needs node/receive/scp.py
         # to delete files in tmp/ that no live association is writing (a periodic sweep).
         leftovers = list(node.store.tmp.iterdir())
         assert all(p.stat().st_size == 0 for p in leftovers), leftovers

@@ -18,11 +18,11 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from node.engine import InferenceEngine
 from node.errors import UndecodableImage
-from node.preprocessing import DicomPreprocessor
-from node.service import Node
-from node.worker import build_worker
+from node.inference.engine import InferenceEngine
+from node.inference.preprocessing import DicomPreprocessor
+from node.operate.service import Node
+from node.work.worker import build_worker
 from tests.support.factory import storescu, write
 from tests.support.hostile import (
     NO_STATUS,
@@ -168,7 +168,7 @@ def test_hostile_input(case: Case, battery: Running, engine: InferenceEngine) ->
     if status == NO_STATUS:
         assert len(set(node.store.instances.rglob("*.dcm")) - files_before) == 0
         # pynetdicom's leftover (see the case): empty, in the data directory's tmp/, and gone
-        # after a restart (FileStore.prepare empties tmp/). Removing it sooner needs node/scp.py
+        # after a restart (FileStore.prepare empties tmp/). Removing it sooner needs node/receive/scp.py
         # to delete files in tmp/ that no live association is writing (a periodic sweep).
         leftovers = list(node.store.tmp.iterdir())
         assert all(p.stat().st_size == 0 for p in leftovers), leftovers
@@ -180,12 +180,12 @@ def test_hostile_input(case: Case, battery: Running, engine: InferenceEngine) ->
 def test_decoding_refuses_images_above_max_image_pixels_before_decoding(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import node.imaging
+    import node.inference.imaging
 
     def no_decoding(*_: object, **__: object) -> None:
         raise AssertionError("the decoder was called")
 
-    monkeypatch.setattr(node.imaging, "pixel_array", no_decoding)
+    monkeypatch.setattr(node.inference.imaging, "pixel_array", no_decoding)
     within = write(radiograph(), tmp_path / "within.dcm")  # 4096 pixels
     bomb = compressed(JPEG2000Lossless)
     frame = j2k_declaring(60000)(

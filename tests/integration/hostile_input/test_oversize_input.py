@@ -13,8 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from node.db import Study
-from node.engine import InferenceEngine
-from node.service import Node
+from node.inference.engine import InferenceEngine
+from node.operate.service import Node
 from tests.support.factory import CR, storescu, write
 from tests.support.hostile import of, part10, radiograph
 from tests.support.hostile_node import (
@@ -52,19 +52,19 @@ def test_data_set_over_the_configured_maximum_gets_a700(
     assert storescu(node.scp.port, [good]).returncode == 0
 
 
-# --- memory and disk bounds that need node/scp.py to change ----------------------------------
+# --- memory and disk bounds that need node/receive/scp.py to change ----------------------------------
 
 
 def test_deflate_bomb_at_ingest_keeps_memory_bounded(
     running: Running, engine: InferenceEngine, deflate_bomb: bytes
 ) -> None:
-    # pynetdicom/pydicom alone: node/scp.py read_header calls dcmread(stop_before_pixels=True), and pydicom
+    # pynetdicom/pydicom alone: node/receive/scp.py read_header calls dcmread(stop_before_pixels=True), and pydicom
     # inflates a deflated data set whole before it reads a single element (zlib.decompress of the
     # rest of the file): this 400 KB data set costs the SCP 400 MB, a 1 GiB one (the default
-    # dicom.max_dataset_bytes) 1 TB. node/scp.py therefore: for the Deflated transfer syntax, inflate only a bounded
+    # dicom.max_dataset_bytes) 1 TB. node/receive/scp.py therefore: for the Deflated transfer syntax, inflate only a bounded
     # prefix of the data set (zlib.decompressobj().decompress(data, max_length=...)), enough
     # for the header, and parse that with pydicom.filereader.read_dataset(..., stop_when= at pixel
-    # data), as node/imaging.py read_dicom does for the worker.
+    # data), as node/inference/imaging.py read_dicom does for the worker.
     path = running.inputs / "bomb.dcm"
     path.write_bytes(deflate_bomb)
     with PeakMemory() as memory:

@@ -1,7 +1,7 @@
 """The dispatcher: delivers results to every configured destination as a C-STORE SCU.
 
-Due deliveries (node/outbox.py) are grouped by destination and sent on one association per
-destination and round (node/scu.py proposes the contexts and words what became of the
+Due deliveries (node/deliver/outbox.py) are grouped by destination and sent on one association per
+destination and round (node/deliver/scu.py proposes the contexts and words what became of the
 association). Success (0x0000) and the storage warnings 0xB000, 0xB006 and 0xB007 count as
 stored; any other status, a failed association, or no presentation context for the object's SOP
 class is a failed attempt, retried with exponential back-off and dead-lettered after
@@ -28,10 +28,10 @@ from node import metrics
 from node.clock import Clock, utcnow
 from node.config import Config, Destination
 from node.db import make_engine
+from node.deliver.outbox import Delivery, Event, Outbox
+from node.deliver.retry import Retry
+from node.deliver.scu import SCU, STORED, Link
 from node.metrics import DeliveryOutcome
-from node.outbox import Delivery, Event, Outbox
-from node.retry import Retry
-from node.scu import SCU, STORED, Link
 from node.states import DeliveryState, StudyEventName
 from node.stopflag import StopFlag
 from node.storage import FileStore

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from node.errors import CheckpointError
-from node.imaging import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
+from node.inference.imaging import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
 from node.profiles import MURA_STUDY_TYPES
 
 ARCHITECTURE = "densenet169"
@@ -196,7 +196,7 @@ def pack_checkpoint(
     """Write weights (safetensors) and a model card for them; return the card as loaded back."""
     from safetensors.torch import save_file
 
-    from node.model import MuraDenseNet
+    from node.inference.model import MuraDenseNet
 
     try:
         MuraDenseNet().load_state_dict(state_dict, strict=True)

@@ -1,6 +1,6 @@
 """The tables of docs/conformance.md that come from dicom_profiles/, generated so they cannot drift.
 
-    .venv/bin/python -m node.conformance docs/conformance.md    # rewrite the generated sections
+    .venv/bin/python -m node.operate.conformance docs/conformance.md    # rewrite the generated sections
 
 A test checks that the document holds exactly what this module generates.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pydicom.uid import UID
 
+from node.deliver.scu import RESULT_CLASSES, RESULT_TRANSFER_SYNTAXES, STUDY_ROOT_FIND
 from node.profiles import Role, StorageProfile, load_storage_profile
-from node.scu import RESULT_CLASSES, RESULT_TRANSFER_SYNTAXES, STUDY_ROOT_FIND
 
 
 def scp_classes(profile: StorageProfile) -> str:

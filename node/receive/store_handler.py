@@ -11,7 +11,7 @@ C-STORE statuses (also in docs/ingest.md):
 0xA900  the data set's SOPClassUID / SOPInstanceUID differ from the C-STORE request
 0xC000  the data set cannot be parsed
 0xC001  a required identifier (Study, Series or SOP Instance UID in the data set, or the
-        request's Affected SOP Class or Instance UID: node/scp_requests.py) is missing or not a UID
+        request's Affected SOP Class or Instance UID: node/receive/scp_requests.py) is missing or not a UID
 ======  ============================================================================
 
 The handler parses the header only (``stop_before_pixels``): no pixel decoding, no inference.
@@ -20,9 +20,9 @@ Data sets arrive in pynetdicom's streamed mode (node/pynetdicom_patches.py
 never held whole in memory; the store then adopts that file (see node/storage.py).
 
 While a data set is still arriving, `Transfers` tells which study it belongs to (read from the
-part already received), so that node/holds.py can keep that study from completing before the
-image is stored. Reading headers, whole or in part: node/headers.py. The server around this
-handler: node/scp.py.
+part already received), so that node/receive/holds.py can keep that study from completing before the
+image is stored. Reading headers, whole or in part: node/receive/headers.py. The server around this
+handler: node/receive/scp.py.
 """
 
 from __future__ import annotations
@@ -49,11 +49,11 @@ from node.errors import (
     OutOfResources,
     UnreadableDataset,
 )
-from node.headers import Header, header_of, study_of_partial_data_set
-from node.ingest import IngestRecords, InstanceRecord
 from node.profiles import Role, StorageProfile
 from node.pynetdicom_patches import data_set_path, message_being_received
-from node.scp_requests import request_problem
+from node.receive.headers import Header, header_of, study_of_partial_data_set
+from node.receive.ingest import IngestRecords, InstanceRecord
+from node.receive.scp_requests import request_problem
 from node.states import IngestOutcome
 from node.storage import FileStore
 

@@ -1,5 +1,5 @@
 """The operator's reports as typed values: what `mura-node status` and `mura-node studies show`
-print, built by node/status.py, drawn by node/status_view.py.
+print, built by node/operate/status.py, drawn by node/operate/status_view.py.
 
 Every report is a frozen dataclass; :func:`as_json` turns one into the plain data of ``--json``
 (times as ISO 8601 text in UTC with seconds, DIMSE statuses as ``0xNNNN`` text, fields in

@@ -30,8 +30,8 @@ from node.config import (
     DispatchConfig,
     StorageConfig,
 )
+from node.operate.service import Node
 from node.results.summary import SUMMARY_SERIES_DESCRIPTION
-from node.service import Node
 from node.states import ResultKind
 
 RECEIVER_AE = "DEMO_PACS"

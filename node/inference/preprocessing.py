@@ -1,4 +1,4 @@
-"""Stored DICOM files to model input, in worker processes when asked (node/imaging.py decodes).
+"""Stored DICOM files to model input, in worker processes when asked (node/inference/imaging.py decodes).
 
 Decoding a large JPEG 2000 radiograph takes a tenth of a second or more of CPU; in separate
 processes it runs in parallel and never holds up the process that runs the model. Every file
@@ -20,9 +20,14 @@ import numpy as np
 import torch
 
 from node.errors import UndecodableImage
-from node.imaging import INPUT_SIZE, MAX_PIXELS, dicom_file_to_inputs, dicom_file_to_tensor
+from node.inference.imaging import (
+    INPUT_SIZE,
+    MAX_PIXELS,
+    dicom_file_to_inputs,
+    dicom_file_to_tensor,
+)
 
-ModelInput = torch.Tensor  # 3 x size x size, float32, normalised (node/imaging.py)
+ModelInput = torch.Tensor  # 3 x size x size, float32, normalised (node/inference/imaging.py)
 WithDisplay = tuple[torch.Tensor, np.ndarray]  # model input, display image (H x W[ x 3] in [0, 1])
 Job = tuple[str, int, int, int]  # path, size, max_pixels, display_side
 _Loaded = TypeVar("_Loaded", ModelInput, WithDisplay)
@@ -52,7 +57,7 @@ class DicomPreprocessor:
     """Stored DICOM files to model input, in ``workers`` spawned processes (0: in this one).
 
     ``size``: the model's input side in pixels; ``max_pixels``: Rows x Columns x frames above
-    which a file is refused before decoding (node/imaging.py)."""
+    which a file is refused before decoding (node/inference/imaging.py)."""
 
     def __init__(
         self, workers: int = 0, size: int = INPUT_SIZE, max_pixels: int = MAX_PIXELS

@@ -18,7 +18,7 @@ through the database. For each claimed study:
    (DISPATCHING, or DONE without destinations), only if the claim is still ours.
 
 While it runs, a worker's heartbeat renews its leases and returns to READY the claims of any worker
-that stopped renewing its own (counted as a crash of the study, node/processing.py).
+that stopped renewing its own (counted as a crash of the study, node/work/processing.py).
 
 A study whose images cannot be decoded ends FAILED with a reason that starts "input fault" and says
 which image (numbered in arrival order: the source's numbers of an image that cannot be read are
@@ -48,17 +48,17 @@ from node import __version__, metrics
 from node.clock import Clock, short_uid, utcnow
 from node.config import Config
 from node.db import make_engine
-from node.engine import InferenceEngine, StudyResult
 from node.errors import UndecodableImage
-from node.preprocessing import DicomPreprocessor
-from node.processing import ClaimedStudy, StudyImage, WorkQueue
-from node.result_set import ResultSetWriter, StudyEvidence
+from node.inference.engine import InferenceEngine, StudyResult
+from node.inference.preprocessing import DicomPreprocessor
 from node.results.identity import AlgorithmInfo, NodeIdentity
 from node.results.order import SourcePosition, source_order
 from node.results.sanitise import clean_source, summarise
 from node.states import ResultKind
 from node.stopflag import StopFlag
 from node.storage import FileStore
+from node.work.processing import ClaimedStudy, StudyImage, WorkQueue
+from node.work.result_set import ResultSetWriter, StudyEvidence
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class Worker:
         worker that is gone loses its study; then return to READY the claims, of any worker on
         any machine, whose lease ran out. Workers reclaim, not the completion scheduler: only a
         worker can process a reclaimed study, and every worker sharing the queue beats, even
-        where no `serve` runs (see node/processing.py for why two beats never clash)."""
+        where no `serve` runs (see node/work/processing.py for why two beats never clash)."""
         while not done.wait(self.lease.total_seconds() / 4):
             try:
                 self.queue.renew_leases(self.worker_id, self.lease)
@@ -231,7 +231,7 @@ class Worker:
         displays: list[np.ndarray],
         result: StudyResult,
     ) -> None:
-        """Clean the copied attributes, write the study's result set (node/result_set.py), then
+        """Clean the copied attributes, write the study's result set (node/work/result_set.py), then
         record it; ``images``, ``headers`` (as received), ``positions``, ``displays`` and
         ``result.images`` are in the source's order."""
         cleaned = [clean_source(header) for header in headers]
@@ -248,7 +248,7 @@ class Worker:
         header_changes = summarise(changes for _source, changes in cleaned)
         created = self.clock()  # the result series' SeriesDate and SeriesTime
         predecessor_path = self.queue.latest_report(claimed.study_id)
-        # The previous SR is gone when the study was purged after delivery (node/retention.py).
+        # The previous SR is gone when the study was purged after delivery (node/operate/retention.py).
         previous = self.store.path_of(predecessor_path) if predecessor_path else None
         predecessor = dcmread(previous) if previous and previous.is_file() else None
         evidence = StudyEvidence(headers, sources, positions, displays, result)

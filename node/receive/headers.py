@@ -21,7 +21,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from node.deflate import inflate_start, read_deflated_header, skip_file_meta
 from node.errors import DatasetMismatch, InvalidIdentifier, UnreadableDataset
 from node.profiles import coded_region
-from node.scp_requests import is_uid
+from node.receive.scp_requests import is_uid
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """The complete role's side of the queue: apply the completion rule to the RECEIVING studies.
 
-`node.completion` decides, purely, which studies have fully arrived; this module reads what that
+`node.complete.completion` decides, purely, which studies have fully arrived; this module reads what that
 decision needs, and moves each complete study to READY (an eligible study of a known type) or
-IGNORED (with the reason from `node.eligibility`), with an event in its history. Each study is
+IGNORED (with the reason from `node.complete.eligibility`), with an event in its history. Each study is
 decided in its own transaction, as a compare-and-set on (state RECEIVING, last_received_at,
 generation): an instance that arrives between the read and the decision wins, and the next tick
 decides again. Several schedulers, in several processes or on several machines, can therefore tick
@@ -18,15 +18,15 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from node.clock import Clock, utcnow
-from node.completion import (
+from node.complete.completion import (
     ArrivalTimes,
     CompletionPolicy,
     CompletionReason,
     complete_studies,
     waits_for_image_in_flight,
 )
+from node.complete.eligibility import decide_eligibility
 from node.db import Instance, Study, StudyEvent
-from node.eligibility import decide_eligibility
 from node.profiles import Role, Vocabulary
 from node.states import StudyEventName, StudyState
 

@@ -2,12 +2,12 @@
 
 This module is the server: the AE and its presentation contexts, the association events (peer
 address checks, partial data sets removed on abort), a threaded server whose TLS handshakes run
-off the accepting thread, and a graceful stop. Each C-STORE goes to node/store_handler.py, whose
+off the accepting thread, and a graceful stop. Each C-STORE goes to node/receive/store_handler.py, whose
 docstring lists the statuses (also in docs/ingest.md). What the node changes in pynetdicom:
 node/pynetdicom_patches.py.
 
 While a data set is still arriving, ``StoreSCP.studies_in_flight`` tells which study it belongs
-to, so that node/holds.py can keep that study from completing before the image is stored.
+to, so that node/receive/holds.py can keep that study from completing before the image is stored.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from node.pynetdicom_patches import (
     set_idle_sleep,
     stream_data_sets_to_disk,
 )
-from node.scp_requests import check_requests
-from node.store_handler import StoreHandler
+from node.receive.scp_requests import check_requests
+from node.receive.store_handler import StoreHandler
 from node.tls import server_context
 
 __all__ = ["AssociationServer", "StoreHandler", "StoreSCP", "build_ae"]
@@ -100,7 +100,7 @@ class AssociationServer(ThreadedAssociationServer):
 
     def prepare_association(self, assoc: Association) -> None:
         """Before a new association starts: its C-STORE requests are checked
-        (node/scp_requests.py) and its PDUs bounded by ``pdu_limit`` bytes."""
+        (node/receive/scp_requests.py) and its PDUs bounded by ``pdu_limit`` bytes."""
         check_requests(assoc)
         bound_pdu_reads(assoc, self.pdu_limit)
 

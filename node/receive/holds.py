@@ -2,14 +2,14 @@
 large image) is not cut off by the quiet period.
 
 A thread in the SCP's process asks the SCP, every ``interval_s``, which studies have a data set
-being received right now (node/scp.py, ``StoreSCP.studies_in_flight``) and sets their
+being received right now (node/receive/scp.py, ``StoreSCP.studies_in_flight``) and sets their
 ``studies.held_until`` to now + ``lease`` in one UPDATE. Nothing is written while nothing is in
 flight, so receiving itself does no extra work. The hold is never cleared by the SCP: it lapses by
 itself one lease after the last renewal, that is after the data set was stored, the association
 ended, or the SCP stopped or died (a completed study's hold is cleared by its completion). Because
 the hold lives in the database, a scheduler in another process or on another machine sharing the
 PostgreSQL queue sees it too. The quiet period does not complete a held study; the force timeout
-does (node/completion.py).
+does (node/complete/completion.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection
 from datetime import timedelta
 
 from node.config import CompletionConfig
-from node.ingest import IngestRecords
+from node.receive.ingest import IngestRecords
 
 log = logging.getLogger(__name__)
 

@@ -28,22 +28,22 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from node import __version__, metrics
 from node.clock import Clock, utcnow
-from node.completer import Completer
-from node.completion import CompletionPolicy
+from node.complete.completer import Completer
+from node.complete.completion import CompletionPolicy
+from node.complete.scheduler import CompletionScheduler
 from node.config import Config, ModelConfig
 from node.db import database_error_reason, make_engine, safe_url, upgrade_database
+from node.deliver.retry import Retry
 from node.errors import CheckpointError, DatabaseUnavailable
-from node.holds import HoldRenewer, hold_interval_s
-from node.ingest import IngestRecords
-from node.processing import WorkQueue
+from node.operate.retention import purge_delivered
 from node.profiles import load_storage_profile, load_vocabulary
-from node.retention import purge_delivered
-from node.retry import Retry
-from node.scheduler import CompletionScheduler
-from node.scp import StoreHandler, StoreSCP
+from node.receive.holds import HoldRenewer, hold_interval_s
+from node.receive.ingest import IngestRecords
+from node.receive.scp import StoreHandler, StoreSCP
 from node.stopflag import PipeStop
 from node.storage import FileStore
 from node.tls import client_context
+from node.work.processing import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Node:
             config.completion.quiet_period_s, config.completion.force_complete_s
         )
         # The work role's queue, here only to return at once the claims of a worker process
-        # that died; the workers themselves reclaim expired leases (node/worker.py).
+        # that died; the workers themselves reclaim expired leases (node/work/worker.py).
         self.work_queue = WorkQueue(self.engine, clock, config.worker.max_crashes)
         retention = timedelta(days=config.storage.retention_days)
         self.scheduler = CompletionScheduler(
@@ -261,7 +261,7 @@ def check_model(model: ModelConfig) -> None:
         )
     if not model.cards:
         return  # untrained: nothing to check, and no reason to load PyTorch in this process
-    from node.cards import load_card, load_weights
+    from node.inference.cards import load_card, load_weights
 
     for card in model.cards:
         load_weights(load_card(Path(card)))
@@ -279,11 +279,11 @@ def run_child(role: str, config: Config, stop_reader: Connection) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stop = PipeStop(stop_reader)
     if role == "worker":
-        from node.worker import run_worker_process
+        from node.work.worker import run_worker_process
 
         run_worker_process(config, stop)
     else:
-        from node.dispatch import run_dispatcher_process
+        from node.deliver.dispatch import run_dispatcher_process
 
         run_dispatcher_process(config, stop)
 
@@ -345,7 +345,7 @@ def run_worker(config: Config) -> int:
     import threading
 
     from node.db import check_schema
-    from node.worker import run_worker_process
+    from node.work.worker import run_worker_process
 
     check_model(config.model)
     engine = make_engine(config.database_url)

@@ -16,7 +16,7 @@
 - Without cards, the engine starts only with ``model.allow_untrained`` and then says it is
   untrained (random weights, fixed seed) so that every output can say so.
 
-Stored DICOM files become model input in node/preprocessing.py.
+Stored DICOM files become model input in node/inference/preprocessing.py.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from node.cards import ModelCard, load_card, load_weights
 from node.config import ModelConfig
 from node.errors import CheckpointError
-from node.imaging import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
-from node.model import MuraDenseNet
+from node.inference.cards import ModelCard, load_card, load_weights
+from node.inference.imaging import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
+from node.inference.model import MuraDenseNet
 from node.profiles import MURA_STUDY_TYPES
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 A delivery (one result object to one destination) is PENDING, then SENDING while a dispatcher
 holds it, then SENT once the destination acknowledged it (node.db.DeliveryState). A failure
 makes it RETRY with an exponential back-off, and after ``dispatch.max_attempts`` DEAD
-(dead-lettered, shown in `status`, re-queued by `mura-node retry`); node/retry.py holds that
+(dead-lettered, shown in `status`, re-queued by `mura-node retry`); node/deliver/retry.py holds that
 policy. A SENDING delivery whose dispatcher died becomes due again when
 its lease runs out. Once every delivery of a study is SENT, the study is DONE.
 
@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from node.clock import Clock, utcnow
 from node.db import Dispatch, Result, Study, StudyEvent
-from node.retry import Retry
+from node.deliver.retry import Retry
 from node.states import DUE_DELIVERY_STATES, DeliveryState, ResultKind, StudyEventName, StudyState
 
 Event = tuple[StudyEventName, str]  # a study event for the history: (event, detail)

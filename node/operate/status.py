@@ -1,5 +1,5 @@
 """`mura-node status` and `mura-node studies show`: the reports, read from the database (works
-while `serve` runs) into the typed values of node/reports.py; node/status_view.py draws them.
+while `serve` runs) into the typed values of node/operate/reports.py; node/operate/status_view.py draws them.
 
 No patient name, ID or other patient data is read; studies are shown by a shortened
 StudyInstanceUID (the full UID is in ``--json``, for scripts).
@@ -15,10 +15,9 @@ from sqlalchemy.orm import Session
 
 from node.clock import short_uid
 from node.db import Dispatch, IngestRejection, Instance, Result, Study, StudyEvent
+from node.deliver.outbox import AFTER_UNANSWERED
 from node.metrics import state_counts
-from node.outbox import AFTER_UNANSWERED
-from node.profiles import Role
-from node.reports import (
+from node.operate.reports import (
     AmbiguousStudy,
     DeadLetter,
     DeliveryRow,
@@ -34,6 +33,7 @@ from node.reports import (
     UnansweredEvent,
     WaitingStudy,
 )
+from node.profiles import Role
 from node.states import DeliveryState, StudyState
 
 WAITING = (StudyState.RECEIVING, StudyState.READY, StudyState.PROCESSING, StudyState.DISPATCHING)

@@ -14,8 +14,8 @@ Rules for arrivals (see docs/ingest.md):
 * objects of other SOP classes are recorded but never open or re-open a study, so the node's own
   results coming back from the PACS cannot start a loop.
 
-Deciding that a study has fully arrived is the complete role's (node/completer.py); claiming and
-processing it, the work role's (node/processing.py).
+Deciding that a study has fully arrived is the complete role's (node/complete/completer.py); claiming and
+processing it, the work role's (node/work/processing.py).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class InstanceRecord:
     protocol_name: str | None = None
     series_description: str | None = None
     study_description: str | None = None
-    anatomic_region: str | None = None  # "SCHEME:CODE", see node.eligibility.coded_region
+    anatomic_region: str | None = None  # "SCHEME:CODE", see node.complete.eligibility.coded_region
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.clock import short_uid
-from node.completer import Completer, CompletionOutcome
-from node.completion import CompletionPolicy
+from node.complete.completer import Completer, CompletionOutcome
+from node.complete.completion import CompletionPolicy
 from node.profiles import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ class CompletionScheduler:
     ``housekeeping_interval_s`` seconds, on APScheduler's background thread.
 
     Returning the claims of workers that stopped answering is not a job here: the workers do it
-    (see `node.worker.Worker.run`), so that it happens wherever studies are processed."""
+    (see `node.work.worker.Worker.run`), so that it happens wherever studies are processed."""
 
     def __init__(
         self,

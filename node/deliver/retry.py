@@ -1,8 +1,8 @@
 """A retry policy as a value: exponential back-off between attempts, and when to give up.
 
-The dispatcher (node/outbox.py, node/dispatch.py) retries a failed delivery after ``first``,
+The dispatcher (node/deliver/outbox.py, node/deliver/dispatch.py) retries a failed delivery after ``first``,
 ``2 first``, ``4 first`` ... at most ``cap``, and dead-letters it at its ``max_attempts``-th
-failure. The ``serve`` supervisor (node/service.py) restarts a child process that keeps dying
+failure. The ``serve`` supervisor (node/operate/service.py) restarts a child process that keeps dying
 after 1, 2, 4 ... at most 60 seconds, and never gives up (``max_attempts`` None).
 
 Attempts are counted from 1: ``attempts`` is the number of failed attempts so far, including the

@@ -16,8 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from node import __version__
-from node.engine import StudyResult
-from node.processing import ResultFile
+from node.inference.engine import StudyResult
 from node.results.gsps import build_gsps, label
 from node.results.identity import AlgorithmInfo, NodeIdentity, add_study_level
 from node.results.order import SourcePosition
@@ -26,6 +25,7 @@ from node.results.sr import build_sr
 from node.results.summary import SummaryContent, build_summary, render_summary
 from node.states import ResultKind
 from node.storage import FileStore
+from node.work.processing import ResultFile
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ DICOM has no end-of-study signal, so the node uses the two rules the field's rou
 
 A quiet period can pass while an image of the study is still on the wire (a slow link, a large
 image): the SCP then holds the study (``held_until``, a lease it renews while the data set is being
-received, see node/holds.py), and the quiet period does not complete a held study. The force
+received, see node/receive/holds.py), and the quiet period does not complete a held study. The force
 timeout ignores holds, so a sender that stalls for ever cannot keep a study open either.
 
 A study is "opened" by its first instance, and opened again by an instance that arrives after it

@@ -1,5 +1,5 @@
-"""Drawing the operator's reports (node/reports.py): rich tables on a terminal, plain text in a
-pipe, JSON for scripts, and the `status --watch` loop. Building them is node/status.py's part.
+"""Drawing the operator's reports (node/operate/reports.py): rich tables on a terminal, plain text in a
+pipe, JSON for scripts, and the `status --watch` loop. Building them is node/operate/status.py's part.
 
 Times are shown in UTC to the second; the state column is coloured by state on a terminal.
 """
@@ -20,7 +20,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from node.reports import QueueReport, StudyDetail, StudyRow, as_json, hex_status, iso
+from node.operate.reports import QueueReport, StudyDetail, StudyRow, as_json, hex_status, iso
 from node.states import DeliveryState, StudyState
 
 

@@ -1,0 +1,2 @@
+"""Operating the node: `serve` supervision, status reports and their rendering, the demo,
+the conformance statement and retention."""

@@ -24,10 +24,10 @@ from node.deliver.dispatch import Dispatcher
 from node.inference.engine import InferenceEngine
 from node.operate.service import Node
 from node.work.worker import build_worker
-from tests.acceptance.test_pipeline import Pipeline
 from tests.support.factory import dciodvfy_errors, make_radiograph, raw, storescu, write
 from tests.support.nodes import FakeClock
 from tests.support.orthanc import Orthanc
+from tests.support.pipeline import Pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 

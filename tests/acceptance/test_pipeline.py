@@ -16,11 +16,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from node.config import ModelConfig
-from node.db import Dispatch, Result, Study
 from node.deliver.dispatch import Dispatcher
 from node.deliver.outbox import Outbox
 from node.inference.engine import InferenceEngine
@@ -29,10 +26,11 @@ from node.operate.service import Node
 from node.operate.status import collect_status
 from node.results.sc import SC_SERIES_DESCRIPTION
 from node.results.summary import SUMMARY_SERIES_DESCRIPTION
-from node.work.worker import Worker, build_worker
+from node.work.worker import build_worker
 from tests.support.factory import dciodvfy_errors, make_radiograph, storescu, write, write_study
 from tests.support.nodes import FakeClock
 from tests.support.orthanc import Orthanc
+from tests.support.pipeline import Pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -48,42 +46,6 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
     pacs.start()
     yield pacs
     pacs.stop()
-
-
-class Pipeline:
-    def __init__(
-        self, node: Node, worker: Worker, dispatcher: Dispatcher, clock: FakeClock
-    ) -> None:
-        self.node, self.worker, self.dispatcher, self.clock = node, worker, dispatcher, clock
-
-    def process(self) -> bool:
-        """The worker takes one study and its results are recorded."""
-        started = self.worker.run_once()
-        self.worker.drain()
-        return started
-
-    def complete(self) -> None:
-        self.clock.advance(3600)
-        self.node.scheduler.tick()
-
-    def study(self, uid: str) -> Study:
-        with Session(self.node.engine) as session:
-            return session.scalars(select(Study).where(Study.study_instance_uid == uid)).one()
-
-    def results(self, uid: str) -> list[Result]:
-        with Session(self.node.engine) as session:
-            return list(
-                session.scalars(
-                    select(Result)
-                    .join(Study)
-                    .where(Study.study_instance_uid == uid)
-                    .order_by(Result.id)
-                )
-            )
-
-    def dispatches(self) -> list[Dispatch]:
-        with Session(self.node.engine) as session:
-            return list(session.scalars(select(Dispatch).order_by(Dispatch.id)))
 
 
 @pytest.fixture

@@ -36,11 +36,11 @@ from node.operate.service import Node
 from node.results.sc import SC_SERIES_DESCRIPTION
 from node.results.summary import SUMMARY_SERIES_DESCRIPTION
 from node.work.worker import build_worker
-from tests.acceptance.test_pipeline import Pipeline
 from tests.support.factory import storescu, write
 from tests.support.nodes import FakeClock, node_config
 from tests.support.ohif import Screen, ViewerServer, check_harness, keep_screenshots, open_in_ohif
 from tests.support.orthanc import Orthanc
+from tests.support.pipeline import Pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 

@@ -17,9 +17,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from node.inference.engine import ImageResult, StudyResult
 from node.inference.imaging import dicom_to_unit
-from node.results.identity import AlgorithmInfo, NodeIdentity
+from node.results.identity import AlgorithmInfo
 from node.results.order import SourcePosition
 from node.results.region import cam_region
 from node.results.sanitise import clean_source
@@ -37,8 +36,7 @@ from tests.support.factory import (
     make_radiograph,
     sr_validator_findings,
 )
-
-IDENTITY = NodeIdentity(device_uid=generate_uid(), ae_title="MURA_NODE")
+from tests.support.results import ALGORITHM, IDENTITY, result
 
 
 def study(n: int = 3, body: str = "WRIST", rows: int = 32, columns: int = 32) -> list:
@@ -55,18 +53,6 @@ def clean(source: Dataset) -> Dataset:
     return cleaned
 
 
-def result(
-    probabilities: tuple[float, ...],
-    threshold: float = 0.5,
-    study_type: str = "wrist",
-    cams: tuple[np.ndarray, ...] | None = None,
-) -> StudyResult:
-    maps = cams or tuple(np.zeros((2, 2), np.float32) for _ in probabilities)
-    images = tuple(ImageResult(p, cam) for p, cam in zip(probabilities, maps, strict=True))
-    mean = float(np.mean(probabilities))
-    return StudyResult(study_type, mean, threshold, mean > threshold, images)
-
-
 def blob(top: int, left: int) -> np.ndarray:
     """A 10 x 10 map, negative but for a 2 x 3 blob at (top, left) that peaks in its middle."""
     cam = np.full((10, 10), -1.0, np.float32)
@@ -77,10 +63,6 @@ def blob(top: int, left: int) -> np.ndarray:
 
 # One localised map, one flat, one negative (both give the whole image).
 CAMS = (blob(2, 5), np.zeros((10, 10), np.float32), np.full((10, 10), -0.5, np.float32))
-
-ALGORITHM = AlgorithmInfo(
-    "MURA DenseNet-169", "1", ("mura-densenet169 1 " + "ab" * 32,), untrained=False
-)
 
 
 def write_sr(directory: Path, untrained: bool, sources: list[Dataset] | None = None) -> Path:

@@ -37,8 +37,8 @@ from node.results.sc import build_sc
 from node.results.sr import build_sr
 from node.results.summary import build_summary
 from node.results.value_checks import date, patient_orientation, time, uid
-from tests.integration.test_results import ALGORITHM, IDENTITY, result
 from tests.support.factory import make_radiograph, raw, write
+from tests.support.results import ALGORITHM, IDENTITY, result
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

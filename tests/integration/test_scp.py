@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE, _config
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
@@ -32,6 +30,7 @@ from tests.support.factory import (
     write_study,
 )
 from tests.support.nodes import FakeClock
+from tests.support.senders import pynetdicom_send, write_as_is
 
 
 def instances(node: Node) -> list[Instance]:
@@ -45,30 +44,6 @@ def stored_files(node: Node) -> list[Path]:
         for p in node.store.root.rglob("*")
         if p.is_file() and p.suffix != ".db" and "-wal" not in p.name and "-shm" not in p.name
     )
-
-
-def pynetdicom_send(
-    node: Node, path: Path, sop_class: str, transfer_syntax: str = "1.2.840.10008.1.2.1"
-) -> tuple[int, str]:
-    """Send a file as it is (pynetdicom takes the request's UIDs from its File Meta)."""
-    ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(sop_class, transfer_syntax)
-    assoc = ae.associate("127.0.0.1", node.scp.port, ae_title="MURA_NODE")
-    assert assoc.is_established
-    _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes, UIDs from its File Meta
-    try:
-        status = assoc.send_c_store(path)
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = False
-        assoc.release()
-    return int(status.Status), str(status.get("ErrorComment", ""))
-
-
-def write_as_is(ds: Dataset, path: Path) -> Path:
-    """Write without pydicom making the File Meta agree with the data set."""
-    ds.preamble = b"\x00" * 128
-    ds.save_as(path, enforce_file_format=False)
-    return path
 
 
 def test_echo(make_node: Callable[..., Node]) -> None:

@@ -25,10 +25,10 @@ from node.inference.engine import InferenceEngine
 from node.operate.retention import purge_delivered
 from node.operate.service import Node
 from node.work.worker import build_worker
-from tests.integration.test_scp import pynetdicom_send
 from tests.support import destination as dest
 from tests.support.factory import CR, dcmtk_env, make_radiograph, storescu, write, write_study
 from tests.support.nodes import FakeClock
+from tests.support.senders import pynetdicom_send
 from tests.support.tls import Certificates, make_certificates
 
 

@@ -1,4 +1,4 @@
-"""Inputs shared by the results tests: the node's identity, a trained algorithm, and a study's
+"""Inputs shared by the results tests: the node's identity, trained algorithms, an engine's result, and a study's
 cleaned sources, positions and blended heatmaps for the summary image."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from node.inference.engine import ImageResult, StudyResult
 from node.inference.imaging import dicom_to_unit
 from node.results.identity import AlgorithmInfo, NodeIdentity
 from node.results.order import SourcePosition
@@ -40,3 +41,20 @@ def summary_study(count: int) -> tuple[list[Dataset], list[SourcePosition], list
         [SourcePosition.of(r) for r in raws],
         blends,
     )
+
+
+ALGORITHM = AlgorithmInfo(
+    "MURA DenseNet-169", "1", ("mura-densenet169 1 " + "ab" * 32,), untrained=False
+)
+
+
+def result(
+    probabilities: tuple[float, ...],
+    threshold: float = 0.5,
+    study_type: str = "wrist",
+    cams: tuple[np.ndarray, ...] | None = None,
+) -> StudyResult:
+    maps = cams or tuple(np.zeros((2, 2), np.float32) for _ in probabilities)
+    images = tuple(ImageResult(p, cam) for p, cam in zip(probabilities, maps, strict=True))
+    mean = float(np.mean(probabilities))
+    return StudyResult(study_type, mean, threshold, mean > threshold, images)

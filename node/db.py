@@ -121,6 +121,27 @@ class StudyEvent(Base):
     detail: Mapped[str | None] = mapped_column(Text)
 
 
+class Association(Base):
+    """An association that delivered instances of a study, from a calling AE title configured for
+    release-triggered completion (``completion.release_trigger_aes``), and how it ended.
+
+    One row per association and study, written before the study's first instance from that
+    association is recorded; ``ending`` is an `AssociationEnding` (NULL while open). The rows of a
+    study are removed when it completes, and those of studies past RECEIVING when the association
+    ends, so the table holds only what a completion decision still needs."""
+
+    __tablename__ = "associations"
+    __table_args__ = (UniqueConstraint("association_uid", "study_instance_uid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    association_uid: Mapped[str] = mapped_column(String(32))
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    calling_ae_title: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ending: Mapped[str | None] = mapped_column(String(16))
+
+
 class Result(Base):
     """An object the node wrote for a study (SR or SC); filled by the results writers."""
 

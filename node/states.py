@@ -1,6 +1,7 @@
 """The node's states and kinds as enums: a study's state, a delivery's state, a result's kind and
-the names of a study's history events. They are StrEnums whose values are what the database
-stores (``studies.state``, ``dispatches.state``, ``results.kind``, ``study_events.event``), so a
+the names of a study's history events, how an association ended. They are StrEnums whose values are what the database
+stores (``studies.state``, ``dispatches.state``, ``results.kind``, ``study_events.event``,
+``associations.ending``), so a
 member compares equal to its stored string and no query needs a conversion."""
 
 from __future__ import annotations
@@ -62,6 +63,14 @@ class StudyEventName(enum.StrEnum):
     DEAD_LETTER = "dead letter"
     DONE = "done"
     PURGED = "purged"
+
+
+class AssociationEnding(enum.StrEnum):
+    """How an association that delivered instances ended (``associations.ending``)."""
+
+    RELEASED = "released"  # A-RELEASE: the sender ended it normally, every response received
+    ABORTED = "aborted"  # A-ABORT or A-P-ABORT, from either side
+    CLOSED = "closed"  # the connection was lost without a release or an abort
 
 
 class IngestOutcome(enum.StrEnum):

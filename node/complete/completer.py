@@ -1,7 +1,8 @@
 """The complete role's side of the queue: apply the completion rule to the RECEIVING studies.
 
 `node.complete.completion` decides, purely, which studies have fully arrived; this module reads what that
-decision needs, and moves each complete study to READY (an eligible study of a known type) or
+decision needs (for release-triggered completion, also the associations node/receive/associations.py
+recorded), and moves each complete study to READY (an eligible study of a known type) or
 IGNORED (with the reason from `node.complete.eligibility`), with an event in its history. Each study is
 decided in its own transaction, as a compare-and-set on (state RECEIVING, last_received_at,
 generation): an instance that arrives between the read and the decision wins, and the next tick
@@ -14,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, select
+from sqlalchemy import ColumnElement, Engine, delete, or_, select
 from sqlalchemy.orm import Session
 
 from node.clock import Clock, utcnow
@@ -22,13 +23,15 @@ from node.complete.completion import (
     ArrivalTimes,
     CompletionPolicy,
     CompletionReason,
+    Delivery,
     complete_studies,
+    completion_reason,
     waits_for_image_in_flight,
 )
 from node.complete.eligibility import decide_eligibility
-from node.db import Instance, Study, StudyEvent
+from node.db import Association, Instance, Study, StudyEvent
 from node.profiles import Role, Vocabulary
-from node.states import StudyEventName, StudyState
+from node.states import AssociationEnding, StudyEventName, StudyState
 
 # The descriptive attributes eligibility reads from each image, in the order of its facts.
 DESCRIPTIVE_FIELDS = (
@@ -79,9 +82,16 @@ class Completer:
                     Study.held_until,
                 ).where(Study.state == StudyState.RECEIVING)
             ).all()
+            released = _release_facts(session, policy, Study.state == StudyState.RECEIVING)
         seen = {row.id: (row.last_received_at, row.generation) for row in rows}
         arrivals = [
-            ArrivalTimes(row.id, row.opened_at, row.last_received_at, row.held_until)
+            ArrivalTimes(
+                row.id,
+                row.opened_at,
+                row.last_received_at,
+                row.held_until,
+                *released.get(row.id, ((), frozenset())),
+            )
             for row in rows
         ]
         for arrival in arrivals:
@@ -90,9 +100,7 @@ class Completer:
         outcomes = []
         for completion in complete_studies(arrivals, now, policy):
             last, generation = seen[completion.study_id]
-            outcome = self._complete_one(
-                completion.study_id, last, generation, completion.reason, vocabulary
-            )
+            outcome = self._complete_one(completion.study_id, last, generation, policy, vocabulary)
             if outcome is not None:
                 outcomes.append(outcome)
         return outcomes
@@ -102,7 +110,7 @@ class Completer:
         study_id: int,
         last: datetime,
         generation: int,
-        why: CompletionReason,
+        policy: CompletionPolicy,
         vocabulary: Vocabulary,
     ) -> CompletionOutcome | None:
         now = self.clock()
@@ -115,9 +123,23 @@ class Completer:
                 or study.generation != generation
             ):
                 return None  # an instance arrived meanwhile; the next tick decides
-            held = study.held_until is not None and now < study.held_until
-            if held and why is CompletionReason.QUIET:
-                return None  # an image began to arrive meanwhile; the next tick decides
+            # Decided again under the lock: an image may have begun to arrive (a hold), or an
+            # association to deliver, since the tick read the queue.
+            deliveries, senders = _release_facts(session, policy, Study.id == study_id).get(
+                study_id, ((), frozenset())
+            )
+            arrival = ArrivalTimes(
+                study.id,
+                study.opened_at,
+                study.last_received_at,
+                study.held_until,
+                deliveries,
+                senders,
+            )
+            why = completion_reason(arrival, now, policy)
+            if why is None:
+                return None  # the next tick decides
+            held = arrival.held(now)
             instances = session.scalars(
                 select(Instance).where(Instance.study_id == study_id).order_by(Instance.id)
             ).all()
@@ -151,12 +173,20 @@ class Completer:
             study.reason = eligibility.reason
             study.state_changed_at = now
             study.held_until = None
+            label = _completion_label(session, study, why, held, arrival, policy)
             session.add(
                 StudyEvent(
                     study_id=study_id,
                     at=now,
                     event=_DECIDED[state],
-                    detail=f"{_completion_label(session, study, why, held)}; {eligibility.reason}",
+                    detail=f"{label}; {eligibility.reason}",
+                )
+            )
+            # The ended associations of this generation decide nothing any more.
+            session.execute(
+                delete(Association).where(
+                    Association.study_instance_uid == study.study_instance_uid,
+                    Association.ended_at.is_not(None),
                 )
             )
             return CompletionOutcome(
@@ -204,12 +234,61 @@ def _waited_for_image(session: Session, study_id: int, opened_at: datetime) -> b
     return found is not None
 
 
-def _completion_label(session: Session, study: Study, why: CompletionReason, held: bool) -> str:
+def _release_facts(
+    session: Session, policy: CompletionPolicy, which: ColumnElement[bool]
+) -> dict[int, tuple[tuple[Delivery, ...], frozenset[str]]]:
+    """For release-triggered completion, per study id among the studies ``which`` selects: the
+    recorded associations of its current generation (open, or ended since it was opened) and the
+    calling AE titles of its instances received since then. Empty, without a query, when no
+    release-trigger sender is configured."""
+    if not policy.release_trigger_aes:
+        return {}
+    deliveries: dict[int, list[Delivery]] = {}
+    for row in session.execute(
+        select(Study.id, Association.calling_ae_title, Association.ending, Association.ended_at)
+        .join(Association, Association.study_instance_uid == Study.study_instance_uid)
+        .where(which, or_(Association.ended_at.is_(None), Association.ended_at >= Study.opened_at))
+        .order_by(Association.id)
+    ):
+        ending = None if row.ending is None else AssociationEnding(row.ending)
+        deliveries.setdefault(row.id, []).append(
+            Delivery(row.calling_ae_title, ending, row.ended_at)
+        )
+    if not deliveries:
+        return {}
+    senders: dict[int, set[str]] = {}
+    for sender in session.execute(
+        select(Study.id, Instance.calling_ae_title)
+        .distinct()
+        .join(Instance, Instance.study_id == Study.id)
+        .where(which, Study.id.in_(sorted(deliveries)), Instance.received_at >= Study.opened_at)
+    ):
+        senders.setdefault(sender.id, set()).add(sender.calling_ae_title)
+    return {
+        study_id: (tuple(found), frozenset(senders.get(study_id, ())))
+        for study_id, found in deliveries.items()
+    }
+
+
+def _completion_label(
+    session: Session,
+    study: Study,
+    why: CompletionReason,
+    held: bool,
+    arrival: ArrivalTimes,
+    policy: CompletionPolicy,
+) -> str:
     """The first part of the completion event's detail: which rule, and any wait for an image."""
-    if why is not CompletionReason.QUIET:
+    if why is CompletionReason.FORCED:
         if held:
             return "force timeout passed while an image was still being received"
         return "force timeout passed"
-    if _waited_for_image(session, study.id, study.opened_at):
+    waited = _waited_for_image(session, study.id, study.opened_at)
+    if why is CompletionReason.RELEASED:
+        senders = ", ".join(sorted({d.calling_ae_title for d in arrival.deliveries}))
+        settle = policy.release_settle.total_seconds()
+        label = f"released by {senders} after {settle:g} s settle"
+        return f"{label}, after waiting for an image in flight" if waited else label
+    if waited:
         return "quiet period passed after waiting for an image in flight"
     return "quiet period passed"

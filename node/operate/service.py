@@ -37,6 +37,7 @@ from node.deliver.retry import Retry
 from node.errors import CheckpointError, DatabaseUnavailable
 from node.operate.retention import purge_delivered
 from node.profiles import load_storage_profile, load_vocabulary
+from node.receive.associations import AssociationLog
 from node.receive.holds import HoldRenewer, hold_interval_s
 from node.receive.ingest import IngestRecords
 from node.receive.scp import StoreHandler, StoreSCP
@@ -81,6 +82,7 @@ class Node:
             threads=config.dicom.max_associations,
             max_dataset_bytes=config.dicom.max_dataset_bytes,
             min_free_bytes=config.storage.min_free_bytes,
+            associations=AssociationLog(self.engine, config.completion.release_trigger_aes, clock),
         )
         self.scp = StoreSCP(config.dicom, profile, self.handler)  # loads the TLS files
         self.holds = HoldRenewer(
@@ -89,7 +91,10 @@ class Node:
         for destination in config.destinations:
             client_context(destination)  # a missing or wrong TLS file stops the node here
         policy = CompletionPolicy.from_seconds(
-            config.completion.quiet_period_s, config.completion.force_complete_s
+            config.completion.quiet_period_s,
+            config.completion.force_complete_s,
+            config.completion.release_trigger_aes,
+            config.completion.release_settle_s,
         )
         # The work role's queue, here only to return at once the claims of a worker process
         # that died; the workers themselves reclaim expired leases (node/work/worker.py).
@@ -145,6 +150,13 @@ class Node:
             ", ".join(d.name for d in self.config.destinations)
             or "no destination (kept in the data directory)",
         )
+        if self.config.completion.release_trigger_aes:
+            log.info(
+                "studies delivered only by %s complete %.0f s after their associations are "
+                "released",
+                ", ".join(self.config.completion.release_trigger_aes),
+                self.config.completion.release_settle_s,
+            )
 
     def _start_child(self, index: int) -> BaseProcess:
         role = self.roles[index]

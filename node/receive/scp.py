@@ -8,6 +8,8 @@ node/pynetdicom_patches.py.
 
 While a data set is still arriving, ``StoreSCP.studies_in_flight`` tells which study it belongs
 to, so that node/receive/holds.py can keep that study from completing before the image is stored.
+How each association of a release-trigger sender ends (released, aborted, connection lost) goes to
+node/receive/associations.py.
 """
 
 from __future__ import annotations
@@ -177,6 +179,13 @@ class StoreSCP:
             (evt.EVT_ABORTED, _remove_partial_data_set),
             (evt.EVT_CONN_CLOSE, _remove_partial_data_set),
         ]
+        associations = self.handler.associations
+        if associations is not None and associations.release_trigger_aes:
+            handlers += [
+                (evt.EVT_RELEASED, associations.on_released),
+                (evt.EVT_ABORTED, associations.on_aborted),
+                (evt.EVT_CONN_CLOSE, associations.on_connection_closed),
+            ]
         address = (self.config.host, self.config.port)
         try:
             server = self.ae.make_server(

@@ -21,7 +21,9 @@ never held whole in memory; the store then adopts that file (see node/storage.py
 
 While a data set is still arriving, `Transfers` tells which study it belongs to (read from the
 part already received), so that node/receive/holds.py can keep that study from completing before the
-image is stored. Reading headers, whole or in part: node/receive/headers.py. The server around this
+image is stored. For release-triggered completion, the associations of the configured senders are
+recorded before their instances (node/receive/associations.py). Reading headers, whole or in part:
+node/receive/headers.py. The server around this
 handler: node/receive/scp.py.
 """
 
@@ -51,6 +53,7 @@ from node.errors import (
 )
 from node.profiles import Role, StorageProfile
 from node.pynetdicom_patches import data_set_path, message_being_received
+from node.receive.associations import AssociationLog
 from node.receive.headers import Header, header_of, study_of_partial_data_set
 from node.receive.ingest import IngestRecords, InstanceRecord
 from node.receive.scp_requests import request_problem
@@ -141,6 +144,7 @@ class StoreHandler:
         *,
         max_dataset_bytes: int = 0,
         min_free_bytes: int = 0,
+        associations: AssociationLog | None = None,
     ) -> None:
         self.store = store
         self.repository = repository
@@ -149,6 +153,8 @@ class StoreHandler:
         self.min_free_bytes = min_free_bytes
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="durable")
         self.transfers = Transfers()
+        # The associations of release-trigger senders, recorded before their instances.
+        self.associations = associations
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -211,6 +217,8 @@ class StoreHandler:
                 else (lambda stored: self.store.same_content(stored, source))
             )
             try:
+                if self.associations is not None:
+                    self.associations.delivering(event.assoc, calling, header.study_instance_uid)
                 result = self.repository.record_instance(
                     record, relative, same, before_commit=lambda: durable and durable.result()
                 )

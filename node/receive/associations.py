@@ -146,13 +146,14 @@ class AssociationLog:
         self.ended(event.assoc, AssociationEnding.ABORTED)
 
     def on_connection_closed(self, event: evt.Event) -> None:
-        """EVT_CONN_CLOSE: the connection closed. After a release pynetdicom has marked the
-        association released (it may close before EVT_RELEASED is handled); otherwise the
+        """EVT_CONN_CLOSE: the connection closed. pynetdicom closes it before EVT_RELEASED or
+        EVT_ABORTED may be handled: after a release it has marked the association released, after
+        an A-ABORT from the peer the indication waits in the ACSE's queue; otherwise the
         connection was lost."""
         assoc = event.assoc
         if assoc.is_released:
             self.ended(assoc, AssociationEnding.RELEASED)
-        elif assoc.is_aborted:
+        elif assoc.is_aborted or assoc.acse.is_aborted("a-abort"):
             self.ended(assoc, AssociationEnding.ABORTED)
         else:
             self.ended(assoc, AssociationEnding.CLOSED)

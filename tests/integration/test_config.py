@@ -112,6 +112,20 @@ port = 104
     assert config.destinations == (Destination("pacs", "PACS", "10.0.0.5", 104),)
 
 
+def test_release_trigger_keys_from_file_and_environment(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, '[completion]\nrelease_trigger_aes = ["ORTHANC"]\nrelease_settle_s = 2\n'
+    )
+    config = load_config(path, environ={})
+    assert config.completion.release_trigger_aes == ("ORTHANC",)
+    assert config.completion.release_settle_s == 2.0
+    assert load_config(None, environ={}).completion.release_trigger_aes == ()
+    overridden = load_config(
+        path, environ={"MURA_NODE_COMPLETION__RELEASE_TRIGGER_AES": "ORTHANC, ROUTER"}
+    )
+    assert overridden.completion.release_trigger_aes == ("ORTHANC", "ROUTER")
+
+
 def test_destination_objects_default_to_every_kind_and_can_be_chosen(tmp_path: Path) -> None:
     destination = '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 104\n'
     config = load_config(write(tmp_path, destination), environ={})
@@ -146,6 +160,23 @@ def test_destinations_from_environment() -> None:
         (
             "[completion]\nquiet_period_s = 100\nforce_complete_s = 10\n",
             "completion.force_complete_s",
+        ),
+        (
+            '[completion]\nrelease_trigger_aes = ["ORTHANC", "A\\\\B"]\n',
+            "completion.release_trigger_aes[1]: only printable ASCII without backslash",
+        ),
+        (
+            '[completion]\nrelease_trigger_aes = ["WAY_TOO_LONG_AE_TITLE"]\n',
+            "completion.release_trigger_aes[0]: at most 16 characters",
+        ),
+        (
+            '[completion]\nrelease_trigger_aes = ["ORTHANC"]\nrelease_settle_s = 0\n',
+            "completion.release_settle_s: must be greater than 0",
+        ),
+        (
+            '[completion]\nrelease_trigger_aes = ["ORTHANC"]\nquiet_period_s = 5\n'
+            "release_settle_s = 5\n",
+            "completion.release_settle_s: must be shorter than completion.quiet_period_s",
         ),
         ('[service]\nlog_level = "LOUD"\n', "service.log_level"),
         ('[[destinations]]\nname = "x"\n', "destinations[0]: missing key(s) ae_title, host, port"),
@@ -251,6 +282,10 @@ def test_cli_reports_one_line_and_exits_2(
         (
             lambda: CompletionConfig(quiet_period_s=100, force_complete_s=10),
             "completion.force_complete_s",
+        ),
+        (
+            lambda: CompletionConfig(release_trigger_aes=(" ORTHANC",)),
+            "completion.release_trigger_aes[0]: no leading or trailing spaces",
         ),
         (lambda: ServiceConfig(log_level="LOUD"), "service.log_level"),
         (lambda: ModelConfig(thresholds={"knee": 0.5}), "model.thresholds.knee: unknown"),

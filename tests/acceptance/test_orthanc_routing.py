@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from node.db import Study, StudyEvent, make_engine
+from node.states import StudyEventName
 from tests.support.factory import free_port, pipeline_config, start_serve, storescu, write_study
 from tests.support.orthanc import Orthanc
 from tests.support.serve import wait_for
@@ -91,6 +95,54 @@ def test_orthanc_routes_a_study_and_gets_the_results_back(
         output, _ = serve.communicate(timeout=60)
         assert serve.returncode == 0, output
         assert output.count("delivered SR to orthanc") == 1
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.communicate()
+
+
+def test_a_study_forwarded_by_orthanc_completes_after_its_release(
+    orthanc: Orthanc, node_port: int, tmp_path: Path
+) -> None:
+    """With Orthanc as a release-trigger sender, the forwarded study completes on the release of
+    Orthanc's association, long before the (here 10-minute) quiet period."""
+    config = pipeline_config(
+        tmp_path,
+        node_port,
+        (orthanc.ae_title, orthanc.dicom_port),
+        dicom_extra=f'accepted_calling_ae_titles = ["{orthanc.ae_title}"]',
+    )
+    config.write_text(
+        config.read_text().replace(
+            "quiet_period_s = 1.0",
+            "quiet_period_s = 600.0\nforce_complete_s = 900.0\n"
+            f'release_trigger_aes = ["{orthanc.ae_title}"]\nrelease_settle_s = 1.0',
+        )
+    )
+    serve = start_serve(config)
+    try:
+        files = write_study(tmp_path / "study", 3, body_part="WRIST", rows=64, columns=64)
+        study_uid = str(dcmread(files[0]).StudyInstanceUID)
+        assert storescu(orthanc.dicom_port, files, called=orthanc.ae_title).returncode == 0
+        wait_for(lambda: len(orthanc.instances()) == 8, timeout=180, what="the results in Orthanc")
+        engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'mura-node.db'}", readonly=True)
+        try:
+            with Session(engine) as session:
+                details = session.scalars(
+                    select(StudyEvent.detail)
+                    .join(Study, Study.id == StudyEvent.study_id)
+                    .where(
+                        Study.study_instance_uid == study_uid,
+                        StudyEvent.event == StudyEventName.READY,
+                    )
+                ).all()
+        finally:
+            engine.dispose()
+        assert len(details) == 1
+        assert str(details[0]).startswith("released by ORTHANC after 1 s settle; ")
+        serve.send_signal(signal.SIGTERM)
+        output, _ = serve.communicate(timeout=60)
+        assert serve.returncode == 0, output
     finally:
         if serve.poll() is None:
             os.killpg(serve.pid, signal.SIGKILL)

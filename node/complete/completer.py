@@ -12,7 +12,7 @@ at once against one database.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, Engine, delete, or_, select
@@ -100,7 +100,9 @@ class Completer:
         outcomes = []
         for completion in complete_studies(arrivals, now, policy):
             last, generation = seen[completion.study_id]
-            outcome = self._complete_one(completion.study_id, last, generation, policy, vocabulary)
+            outcome = self._complete_one(
+                completion.study_id, last, generation, completion.reason, vocabulary, policy
+            )
             if outcome is not None:
                 outcomes.append(outcome)
         return outcomes
@@ -110,9 +112,13 @@ class Completer:
         study_id: int,
         last: datetime,
         generation: int,
-        policy: CompletionPolicy,
+        why: CompletionReason,
         vocabulary: Vocabulary,
+        policy: CompletionPolicy | None = None,
     ) -> CompletionOutcome | None:
+        """Complete one study that the tick found complete for ``why``, unless something arrived
+        or began to arrive since (then None: the next tick decides). ``policy`` is needed for
+        RELEASED, whose associations are read again under the lock."""
         now = self.clock()
         with Session(self.engine) as session, session.begin():
             study = session.scalar(select(Study).where(Study.id == study_id).with_for_update())
@@ -123,23 +129,21 @@ class Completer:
                 or study.generation != generation
             ):
                 return None  # an instance arrived meanwhile; the next tick decides
-            # Decided again under the lock: an image may have begun to arrive (a hold), or an
-            # association to deliver, since the tick read the queue.
-            deliveries, senders = _release_facts(session, policy, Study.id == study_id).get(
-                study_id, ((), frozenset())
-            )
             arrival = ArrivalTimes(
-                study.id,
-                study.opened_at,
-                study.last_received_at,
-                study.held_until,
-                deliveries,
-                senders,
+                study.id, study.opened_at, study.last_received_at, study.held_until
             )
-            why = completion_reason(arrival, now, policy)
-            if why is None:
-                return None  # the next tick decides
             held = arrival.held(now)
+            if held and why is not CompletionReason.FORCED:
+                return None  # an image began to arrive meanwhile; the next tick decides
+            if why is CompletionReason.RELEASED:
+                # An association may have begun to deliver since the tick read the queue.
+                assert policy is not None
+                deliveries, senders = _release_facts(session, policy, Study.id == study_id).get(
+                    study_id, ((), frozenset())
+                )
+                arrival = replace(arrival, deliveries=deliveries, senders=senders)
+                if completion_reason(arrival, now, policy) is not CompletionReason.RELEASED:
+                    return None
             instances = session.scalars(
                 select(Instance).where(Instance.study_id == study_id).order_by(Instance.id)
             ).all()
@@ -276,7 +280,7 @@ def _completion_label(
     why: CompletionReason,
     held: bool,
     arrival: ArrivalTimes,
-    policy: CompletionPolicy,
+    policy: CompletionPolicy | None,
 ) -> str:
     """The first part of the completion event's detail: which rule, and any wait for an image."""
     if why is CompletionReason.FORCED:
@@ -285,6 +289,7 @@ def _completion_label(
         return "force timeout passed"
     waited = _waited_for_image(session, study.id, study.opened_at)
     if why is CompletionReason.RELEASED:
+        assert policy is not None
         senders = ", ".join(sorted({d.calling_ae_title for d in arrival.deliveries}))
         settle = policy.release_settle.total_seconds()
         label = f"released by {senders} after {settle:g} s settle"

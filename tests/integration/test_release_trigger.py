@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from node.complete.completer import Completer
+from node.complete.completion import CompletionReason
 from node.db import Association, Study, StudyEvent, make_engine
 from node.operate.service import Node
 from node.states import AssociationEnding, StudyEventName
@@ -225,3 +226,37 @@ def test_another_node_sharing_the_database_sees_the_release(
         assert outcome.study_instance_uid == uid
     finally:
         engine.dispose()
+
+
+class _Peer:
+    """Stands for a pynetdicom association (a key the association log holds weakly)."""
+
+
+def test_an_association_that_begins_while_the_tick_decides_keeps_the_study_open(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    """The tick found the study released; before its decision commits, Orthanc opens another
+    association for the same study: the decision is taken again under the lock, and waits."""
+    clock = FakeClock()
+    node = make_node(clock=clock, completion=RELEASE)
+    uid = send(node, tmp_path, "ORTHANC")
+    wait_for(lambda: ended(node, uid), "the association's release to be recorded")
+    clock.advance(SETTLE)
+    with Session(node.engine) as session:
+        study = session.scalars(select(Study).where(Study.study_instance_uid == uid)).one()
+    associations = node.handler.associations
+    assert associations is not None
+    peer = _Peer()
+    associations.delivering(peer, "ORTHANC", uid)  # type: ignore[arg-type]
+    completer = node.scheduler.completer
+    policy, vocabulary = node.scheduler.policy, node.scheduler.vocabulary
+    reason = CompletionReason.RELEASED
+    decided = completer._complete_one(
+        study.id, study.last_received_at, study.generation, reason, vocabulary, policy
+    )
+    assert decided is None
+    assert node.scheduler.tick() == []
+    associations.ended(peer, AssociationEnding.RELEASED)  # type: ignore[arg-type]
+    assert node.scheduler.tick() == []  # a new settle time from this release
+    clock.advance(SETTLE)
+    assert [o.study_instance_uid for o in node.scheduler.tick()] == [uid]

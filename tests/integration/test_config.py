@@ -124,6 +124,8 @@ def test_release_trigger_keys_from_file_and_environment(tmp_path: Path) -> None:
         path, environ={"MURA_NODE_COMPLETION__RELEASE_TRIGGER_AES": "ORTHANC, ROUTER"}
     )
     assert overridden.completion.release_trigger_aes == ("ORTHANC", "ROUTER")
+    padded = CompletionConfig(release_trigger_aes=("ORTHANC ",))
+    assert padded.release_trigger_aes == ("ORTHANC",)  # compared as peers send it, unpadded
 
 
 def test_destination_objects_default_to_every_kind_and_can_be_chosen(tmp_path: Path) -> None:
@@ -172,11 +174,6 @@ def test_destinations_from_environment() -> None:
         (
             '[completion]\nrelease_trigger_aes = ["ORTHANC"]\nrelease_settle_s = 0\n',
             "completion.release_settle_s: must be greater than 0",
-        ),
-        (
-            '[completion]\nrelease_trigger_aes = ["ORTHANC"]\nquiet_period_s = 5\n'
-            "release_settle_s = 5\n",
-            "completion.release_settle_s: must be shorter than completion.quiet_period_s",
         ),
         ('[service]\nlog_level = "LOUD"\n', "service.log_level"),
         ('[[destinations]]\nname = "x"\n', "destinations[0]: missing key(s) ae_title, host, port"),
@@ -284,8 +281,8 @@ def test_cli_reports_one_line_and_exits_2(
             "completion.force_complete_s",
         ),
         (
-            lambda: CompletionConfig(release_trigger_aes=(" ORTHANC",)),
-            "completion.release_trigger_aes[0]: no leading or trailing spaces",
+            lambda: CompletionConfig(release_trigger_aes=("ORTHANC", "  ")),
+            "completion.release_trigger_aes[1]: must not be empty",
         ),
         (lambda: ServiceConfig(log_level="LOUD"), "service.log_level"),
         (lambda: ModelConfig(thresholds={"knee": 0.5}), "model.thresholds.knee: unknown"),

@@ -96,7 +96,8 @@ class Completer:
         ]
         for arrival in arrivals:
             if waits_for_image_in_flight(arrival, now, policy):
-                self._note_held(arrival)
+                quiet = now - arrival.last_received_at >= policy.quiet_period
+                self._note_held(arrival, "quiet period" if quiet else "settle time after release")
         outcomes = []
         for completion in complete_studies(arrivals, now, policy):
             last, generation = seen[completion.study_id]
@@ -201,9 +202,10 @@ class Completer:
                 eligibility.reason,
             )
 
-    def _note_held(self, study: ArrivalTimes) -> None:
-        """Record, once per generation, that the quiet period passed while an image of the study
-        was still arriving (the study waits for it)."""
+    def _note_held(self, study: ArrivalTimes, rule: str = "quiet period") -> None:
+        """Record, once per generation, that the ``rule``'s time (the quiet period, or the settle
+        time after the release) passed while an image of the study was still arriving (the
+        study waits for it)."""
         now = self.clock()
         with Session(self.engine) as session, session.begin():
             state = session.scalar(
@@ -218,8 +220,7 @@ class Completer:
                     study_id=study.study_id,
                     at=now,
                     event=StudyEventName.HELD,
-                    detail="quiet period passed while an image was still being received; "
-                    "waiting for it",
+                    detail=f"{rule} passed while an image was still being received; waiting for it",
                 )
             )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -260,3 +261,29 @@ def test_an_association_that_begins_while_the_tick_decides_keeps_the_study_open(
     assert node.scheduler.tick() == []  # a new settle time from this release
     clock.advance(SETTLE)
     assert [o.study_instance_uid for o in node.scheduler.tick()] == [uid]
+
+
+def test_a_hold_keeps_a_released_study_open_while_an_image_is_in_flight(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    """A hold (an image of the study in flight, node/receive/holds.py) applies after a release as
+    it does to the quiet period; the history says so."""
+    clock = FakeClock()
+    node = make_node(clock=clock, completion=RELEASE)
+    uid = send(node, tmp_path, "ORTHANC")
+    wait_for(lambda: ended(node, uid), "the association's release to be recorded")
+    clock.advance(SETTLE)
+    assert node.ingest.hold_studies({uid}, timedelta(seconds=10)) == 1
+    assert node.scheduler.tick() == []
+    with Session(node.engine) as session:
+        held = session.scalars(
+            select(StudyEvent.detail).where(StudyEvent.event == StudyEventName.HELD)
+        ).all()
+    assert held == [
+        "settle time after release passed while an image was still being received; waiting for it"
+    ]
+    clock.advance(10)  # the hold lapses: the image was stored elsewhere, or never came
+    assert [o.study_instance_uid for o in node.scheduler.tick()] == [uid]
+    assert completion_detail(node, uid).startswith(
+        "released by ORTHANC after 5 s settle, after waiting for an image in flight; "
+    )

@@ -250,6 +250,9 @@ class ModelConfig(FrozenValues):
     thresholds: Mapping[str, float] = field(default_factory=_empty)
     preprocess_workers: int = 0
     max_image_pixels: int = 100_000_000
+    # JPEG and JPEG 2000 decoding: "auto" and "cuda" on an NVIDIA GPU through nvImageCodec (the
+    # "gpu" extra) where it and a CUDA device are there, else on the CPU; "cpu": always the CPU
+    decode_device: str = "auto"
 
     def __post_init__(self) -> None:
         from node.profiles import MURA_STUDY_TYPES
@@ -262,6 +265,10 @@ class ModelConfig(FrozenValues):
         if self.precision not in ("bf16", "fp16", "fp32"):
             raise ConfigError(
                 f"model.precision: must be bf16, fp16 or fp32, got {self.precision!r}"
+            )
+        if self.decode_device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(
+                f"model.decode_device: must be auto, cpu or cuda, got {self.decode_device!r}"
             )
         if self.max_image_pixels < 1:
             raise ConfigError(

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from node.errors import UndecodableImage
+from node.inference.decoders import DECODE_DEVICES
 from node.inference.imaging import (
     INPUT_SIZE,
     MAX_PIXELS,
@@ -29,18 +30,20 @@ from node.inference.imaging import (
 
 ModelInput = torch.Tensor  # 3 x size x size, float32, normalised (node/inference/imaging.py)
 WithDisplay = tuple[torch.Tensor, np.ndarray]  # model input, display image (H x W[ x 3] in [0, 1])
-Job = tuple[str, int, int, int]  # path, size, max_pixels, display_side
+Job = tuple[str, int, int, int, str]  # path, size, max_pixels, display_side, decode device
 _Loaded = TypeVar("_Loaded", ModelInput, WithDisplay)
 
 
 def _load_tensor(job: Job) -> ModelInput | UndecodableImage:
-    path, size, max_pixels, _display_side = job
-    return _guarded(lambda: dicom_file_to_tensor(Path(path), size, max_pixels))
+    path, size, max_pixels, _display_side, device = job
+    return _guarded(lambda: dicom_file_to_tensor(Path(path), size, max_pixels, device))
 
 
 def _load_with_display(job: Job) -> WithDisplay | UndecodableImage:
-    path, size, max_pixels, display_side = job
-    return _guarded(lambda: dicom_file_to_inputs(Path(path), size, max_pixels, display_side))
+    path, size, max_pixels, display_side, device = job
+    return _guarded(
+        lambda: dicom_file_to_inputs(Path(path), size, max_pixels, display_side, device)
+    )
 
 
 def _guarded(load: Callable[[], _Loaded]) -> _Loaded | UndecodableImage:
@@ -57,13 +60,25 @@ class DicomPreprocessor:
     """Stored DICOM files to model input, in ``workers`` spawned processes (0: in this one).
 
     ``size``: the model's input side in pixels; ``max_pixels``: Rows x Columns x frames above
-    which a file is refused before decoding (node/inference/imaging.py)."""
+    which a file is refused before decoding (node/inference/imaging.py); ``decode_device``:
+    ``cpu``, or ``auto``/``cuda`` to decode JPEG and JPEG 2000 on an NVIDIA GPU wherever
+    nvImageCodec and a CUDA device are there (node/inference/decoders.py). JPEG baseline and JPEG
+    2000 images are decoded on the CPU no larger than the model input and the display image need."""
 
     def __init__(
-        self, workers: int = 0, size: int = INPUT_SIZE, max_pixels: int = MAX_PIXELS
+        self,
+        workers: int = 0,
+        size: int = INPUT_SIZE,
+        max_pixels: int = MAX_PIXELS,
+        decode_device: str = "cpu",
     ) -> None:
+        if decode_device not in DECODE_DEVICES:
+            raise ValueError(
+                f"decode_device must be one of {DECODE_DEVICES}, got {decode_device!r}"
+            )
         self.size = size
         self.max_pixels = max_pixels
+        self.decode_device = decode_device
         self.pool: ProcessPoolExecutor | None = None
         if workers > 0:
             self.pool = ProcessPoolExecutor(
@@ -77,13 +92,16 @@ class DicomPreprocessor:
 
     def map(self, paths: Sequence[Path]) -> list[ModelInput | UndecodableImage]:
         """One model input or UndecodableImage per path, in order."""
-        return self._run(_load_tensor, [(str(p), self.size, self.max_pixels, 0) for p in paths])
+        jobs = [(str(p), self.size, self.max_pixels, 0, self.decode_device) for p in paths]
+        return self._run(_load_tensor, jobs)
 
     def map_with_display(
         self, paths: Sequence[Path], display_side: int = 1024
     ) -> list[WithDisplay | UndecodableImage]:
         """Model inputs and display images (longest side <= display_side) from one decode each."""
-        jobs = [(str(p), self.size, self.max_pixels, display_side) for p in paths]
+        jobs = [
+            (str(p), self.size, self.max_pixels, display_side, self.decode_device) for p in paths
+        ]
         return self._run(_load_with_display, jobs)
 
     def _run(

@@ -253,6 +253,9 @@ class ModelConfig(FrozenValues):
     # JPEG and JPEG 2000 decoding: "auto" and "cuda" on an NVIDIA GPU through nvImageCodec (the
     # "gpu" extra) where it and a CUDA device are there, else on the CPU; "cpu": always the CPU
     decode_device: str = "auto"
+    # JPEG baseline and JPEG 2000 decoded on the CPU no larger than the model input and the
+    # heatmap's display image need; false: always in full
+    reduced_decoding: bool = True
 
     def __post_init__(self) -> None:
         from node.profiles import MURA_STUDY_TYPES

@@ -71,11 +71,13 @@ class DecodeSize:
     input's side (320 in the MURA paper). ``display_side``: the longest side at least this (or
     the image's own longest side when smaller): the heatmap's display image; 0 when there is none.
     ``device``: ``cpu``, ``cuda`` (GPU decoding wherever nvImageCodec and a CUDA device are
-    there, else the CPU) or ``auto`` (the same as ``cuda``)."""
+    there, else the CPU) or ``auto`` (the same as ``cuda``). ``reduce``: False to decode in
+    full (on ``device``) whatever the sizes."""
 
     model_side: int
     display_side: int = 0
     device: str = "cpu"
+    reduce: bool = True
 
 
 def reduction_level(rows: int, columns: int, size: DecodeSize, most: int) -> int:
@@ -108,7 +110,7 @@ def decode_first_frame(ds: Dataset, size: DecodeSize | None = None) -> np.ndarra
             return pixel_array(ds, index=0, decoding_plugin=GPU)
         except Exception as exc:  # nvImageCodec refused it: the CPU way below
             log.debug("GPU decoding declined the image, decoding on the CPU: %s", exc)
-    if size is not None and syntax in REDUCED_SYNTAXES and _reduced_suits(ds):
+    if size is not None and size.reduce and syntax in REDUCED_SYNTAXES and _reduced_suits(ds):
         rows, columns = int(ds.Rows), int(ds.Columns)
         level, origin = _most_level(ds, syntax, rows, columns, size)
         # A level the decoder refuses (OpenJPEG does for some codestreams whose header allows

@@ -14,9 +14,9 @@ DICOM choices, in the order they are applied (PS3.3 C.11 "grayscale pipeline"):
 - Decoding goes through pydicom and its plugins (pylibjpeg-libjpeg: JPEG baseline and lossless;
   pylibjpeg-openjpeg: JPEG 2000; pyjpegls: JPEG-LS; RLE built in). Multi-frame objects contribute
   their first frame, and only that frame is decoded. Rows x Columns x frames above ``max_pixels``
-  are refused before decoding. Given a ``DecodeSize`` (the serving path), JPEG baseline and JPEG
-  2000 images are decoded only as large as the model input and the display image need, and on an
-  NVIDIA GPU where one is there (node/inference/decoders.py); the steps below are the same.
+  are refused before decoding. Given a ``DecodeSize`` (serving), JPEG and JPEG 2000 images are
+  decoded only as large as the model input and the display image need, or on an NVIDIA GPU
+  (node/inference/decoders.py); the steps below are the same.
 - Nothing a peer sent may make decoding take more memory than the image the data set declares
   (a decompression bomb): before decoding, a JPEG, JPEG-LS or JPEG 2000 frame whose own header
   declares another size or number of components than Rows, Columns and SamplesPerPixel is
@@ -78,9 +78,8 @@ DEFLATED_SLACK_BYTES = 1024 * 1024
 def dicom_to_unit(
     ds: Dataset, max_pixels: int = MAX_PIXELS, size: DecodeSize | None = None
 ) -> np.ndarray:
-    """Decode a DICOM image into display values in [0, 1] (see the module docstring): H x W (x 3),
-    in full, or with ``size`` as small as it allows (a JPEG or JPEG 2000 image 2, 4 or 8 times
-    smaller on each side)."""
+    """A DICOM image as display values in [0, 1], H x W (x 3) (see the module docstring); in
+    full, or as small as ``size`` allows (JPEG, JPEG 2000: 2, 4 or 8 times smaller a side)."""
     rows, columns, frames = _image_size(ds)
     if rows <= 0 or columns <= 0:
         raise UndecodableImage(f"image has {rows} rows and {columns} columns")
@@ -353,12 +352,13 @@ def _read_deflated(path: Path, meta: FileMetaDataset, max_pixels: int) -> Datase
 
 
 def dicom_file_to_tensor(
-    path: Path, size: int = INPUT_SIZE, max_pixels: int = MAX_PIXELS, device: str = "cpu"
-) -> torch.Tensor:
-    """The serving path: a stored DICOM file to model input, decoded no larger than that needs
-    (on ``device``: node/inference/decoders.py ``DecodeSize``)."""
-    unit = dicom_to_unit(read_dicom(path, max_pixels), max_pixels, DecodeSize(size, 0, device))
-    return unit_to_tensor(unit, size)
+    path: Path, size: int = INPUT_SIZE, max_pixels: int = MAX_PIXELS, *, reduced: bool = False,
+    device: str = "cpu",
+) -> torch.Tensor:  # fmt: skip
+    """The serving path: a stored DICOM file to model input; ``reduced``: decoded no larger than
+    that needs; ``device``: where JPEG and JPEG 2000 are decoded (node/inference/decoders.py)."""
+    wanted = DecodeSize(size, 0, device, reduced)
+    return unit_to_tensor(dicom_to_unit(read_dicom(path, max_pixels), max_pixels, wanted), size)
 
 
 def png_file_to_tensor(path: Path, size: int = INPUT_SIZE) -> torch.Tensor:
@@ -386,10 +386,12 @@ def dicom_file_to_inputs(
     size: int = INPUT_SIZE,
     max_pixels: int = MAX_PIXELS,
     display_side: int = 1024,
+    *,
+    reduced: bool = False,
     device: str = "cpu",
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """One decode, no larger than both need, two outputs: the model input and the display image
-    for the heatmap (longest side at most ``display_side``, at least as long when the image is)."""
-    wanted = DecodeSize(size, display_side, device)
+    """One decode (``reduced``: no larger than both need), two outputs: the model input and the
+    display image for the heatmap (longest side at most ``display_side``)."""
+    wanted = DecodeSize(size, display_side, device, reduced)
     unit = dicom_to_unit(read_dicom(path, max_pixels), max_pixels, wanted)
     return unit_to_tensor(unit, size), display_image(unit, display_side)

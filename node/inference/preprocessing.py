@@ -30,19 +30,24 @@ from node.inference.imaging import (
 
 ModelInput = torch.Tensor  # 3 x size x size, float32, normalised (node/inference/imaging.py)
 WithDisplay = tuple[torch.Tensor, np.ndarray]  # model input, display image (H x W[ x 3] in [0, 1])
-Job = tuple[str, int, int, int, str]  # path, size, max_pixels, display_side, decode device
+# path, size, max_pixels, display_side, reduced decoding, decode device
+Job = tuple[str, int, int, int, bool, str]
 _Loaded = TypeVar("_Loaded", ModelInput, WithDisplay)
 
 
 def _load_tensor(job: Job) -> ModelInput | UndecodableImage:
-    path, size, max_pixels, _display_side, device = job
-    return _guarded(lambda: dicom_file_to_tensor(Path(path), size, max_pixels, device))
+    path, size, max_pixels, _display_side, reduced, device = job
+    return _guarded(
+        lambda: dicom_file_to_tensor(Path(path), size, max_pixels, reduced=reduced, device=device)
+    )
 
 
 def _load_with_display(job: Job) -> WithDisplay | UndecodableImage:
-    path, size, max_pixels, display_side, device = job
+    path, size, max_pixels, display_side, reduced, device = job
     return _guarded(
-        lambda: dicom_file_to_inputs(Path(path), size, max_pixels, display_side, device)
+        lambda: dicom_file_to_inputs(
+            Path(path), size, max_pixels, display_side, reduced=reduced, device=device
+        )
     )
 
 
@@ -62,8 +67,9 @@ class DicomPreprocessor:
     ``size``: the model's input side in pixels; ``max_pixels``: Rows x Columns x frames above
     which a file is refused before decoding (node/inference/imaging.py); ``decode_device``:
     ``cpu``, or ``auto``/``cuda`` to decode JPEG and JPEG 2000 on an NVIDIA GPU wherever
-    nvImageCodec and a CUDA device are there (node/inference/decoders.py). JPEG baseline and JPEG
-    2000 images are decoded on the CPU no larger than the model input and the display image need."""
+    nvImageCodec and a CUDA device are there (node/inference/decoders.py); ``reduced``: JPEG
+    baseline and JPEG 2000 images decoded on the CPU come out no larger than the model input and
+    the display image need (2, 4 or 8 times smaller on each side)."""
 
     def __init__(
         self,
@@ -71,6 +77,7 @@ class DicomPreprocessor:
         size: int = INPUT_SIZE,
         max_pixels: int = MAX_PIXELS,
         decode_device: str = "cpu",
+        reduced: bool = True,
     ) -> None:
         if decode_device not in DECODE_DEVICES:
             raise ValueError(
@@ -79,6 +86,7 @@ class DicomPreprocessor:
         self.size = size
         self.max_pixels = max_pixels
         self.decode_device = decode_device
+        self.reduced = reduced
         self.pool: ProcessPoolExecutor | None = None
         if workers > 0:
             self.pool = ProcessPoolExecutor(
@@ -92,17 +100,23 @@ class DicomPreprocessor:
 
     def map(self, paths: Sequence[Path]) -> list[ModelInput | UndecodableImage]:
         """One model input or UndecodableImage per path, in order."""
-        jobs = [(str(p), self.size, self.max_pixels, 0, self.decode_device) for p in paths]
-        return self._run(_load_tensor, jobs)
+        return self._run(_load_tensor, [self._job(p, 0) for p in paths])
 
     def map_with_display(
         self, paths: Sequence[Path], display_side: int = 1024
     ) -> list[WithDisplay | UndecodableImage]:
         """Model inputs and display images (longest side <= display_side) from one decode each."""
-        jobs = [
-            (str(p), self.size, self.max_pixels, display_side, self.decode_device) for p in paths
-        ]
-        return self._run(_load_with_display, jobs)
+        return self._run(_load_with_display, [self._job(p, display_side) for p in paths])
+
+    def _job(self, path: Path, display_side: int) -> Job:
+        return (
+            str(path),
+            self.size,
+            self.max_pixels,
+            display_side,
+            self.reduced,
+            self.decode_device,
+        )
 
     def _run(
         self, load: Callable[[Job], _Loaded | UndecodableImage], jobs: list[Job]

@@ -103,37 +103,41 @@ def parity_engine(seed: int = 1) -> InferenceEngine:
 
 
 def parity(
-    paths: list[Path], engine: InferenceEngine, display_side: int = 1024, device: str = "cpu"
-) -> list[Parity]:
-    """For each file: the model on the full decode against the model on the reduced one (as the
-    worker decodes, with a display image of at most ``display_side``; 0 for the model alone)."""
-    fulls, reduceds = [], []
-    for path in paths:
-        ds = read_dicom(path)
-        fulls.append(dicom_to_unit(ds))
-        reduceds.append(dicom_to_unit(ds, size=DecodeSize(INPUT_SIZE, display_side, device)))
-    inputs = [unit_to_tensor(unit) for unit in fulls + reduceds]
-    probabilities, cams = engine.predict(torch.stack(inputs))
-    found = []
-    for index, path in enumerate(paths):
-        full_cam, reduced_cam = cams[index], cams[len(paths) + index]
-        display_difference = 0.0
-        if display_side:
-            a, b = (
-                display_image(fulls[index], display_side),
-                display_image(reduceds[index], display_side),
+    paths: list[Path],
+    engine: InferenceEngine,
+    display_sides: tuple[int, ...] = (1024, 0),
+    device: str = "cpu",
+) -> dict[int, list[Parity]]:
+    """For each display side and file: the model on the full decode against the model on the
+    reduced one (as the worker decodes, with a display image of at most that side; 0 for the
+    model alone). One forward pass for all."""
+    fulls = [dicom_to_unit(read_dicom(path)) for path in paths]
+    reduceds = [
+        dicom_to_unit(read_dicom(path), size=DecodeSize(INPUT_SIZE, side, device))
+        for side in display_sides
+        for path in paths
+    ]
+    probabilities, cams = engine.predict(torch.stack([unit_to_tensor(u) for u in fulls + reduceds]))
+    found: dict[int, list[Parity]] = {}
+    for run, side in enumerate(display_sides):
+        found[side] = []
+        for index, path in enumerate(paths):
+            other = len(paths) * (run + 1) + index
+            full, reduced = fulls[index], reduceds[other - len(paths)]
+            display_difference = 0.0
+            if side:
+                a, b = display_image(full, side), display_image(reduced, side)
+                if a.shape == b.shape:
+                    display_difference = float(np.abs(a - b).mean())
+            found[side].append(
+                Parity(
+                    path.name,
+                    float(probabilities[index]),
+                    float(probabilities[other]),
+                    float(np.corrcoef(cams[index].ravel(), cams[other].ravel())[0, 1]),
+                    full.shape,
+                    reduced.shape,
+                    display_difference,
+                )
             )
-            if a.shape == b.shape:
-                display_difference = float(np.abs(a - b).mean())
-        found.append(
-            Parity(
-                path.name,
-                float(probabilities[index]),
-                float(probabilities[len(paths) + index]),
-                float(np.corrcoef(full_cam.ravel(), reduced_cam.ravel())[0, 1]),
-                fulls[index].shape,
-                reduceds[index].shape,
-                display_difference,
-            )
-        )
     return found

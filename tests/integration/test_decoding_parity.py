@@ -75,3 +75,22 @@ def test_the_preprocessor_reduces_but_keeps_the_display_size(corpus: list[Path])
     assert display.shape == full_display.shape == (1024, 838)
     assert float((tensor - full_tensor).abs().mean()) < 0.02  # normalised input units
     assert not torch.equal(tensor, full_tensor)  # it was decoded reduced
+
+
+def test_gpu_decoding_agrees_with_cpu_decoding(corpus: list[Path]) -> None:
+    """On a machine with nvImageCodec and a CUDA device (bench/gpu_decode.sh runs it there):
+    the same figures with GPU decoding in place of reduced decoding."""
+    from node.inference.decoders import gpu_decoder
+
+    if gpu_decoder() is None:
+        pytest.skip("no GPU decoding here: nvImageCodec or a CUDA device is missing")
+    found = parity(corpus, parity_engine(), (1024,), device="cuda")[1024]
+    report = "\n".join(
+        f"{p.name}: {p.full_shape} -> {p.reduced_shape}, |dp| {p.probability_difference:.2e}, "
+        f"CAM r {p.cam_correlation:.5f}"
+        for p in found
+    )
+    print(report)
+    for p in found:
+        assert p.probability_difference <= PROBABILITY_TOLERANCE, report
+        assert p.cam_correlation >= CAM_CORRELATION, report

@@ -107,7 +107,7 @@ def decode_first_frame(ds: Dataset, size: DecodeSize | None = None) -> np.ndarra
     gpu = size is not None and size.device != "cpu" and syntax in GPU_SYNTAXES
     if gpu and _gpu_suits(ds) and gpu_decoder() is not None:
         try:
-            return pixel_array(ds, index=0, decoding_plugin=GPU)
+            return pixel_array(ds, index=0, decoding_plugin=GPU, on_gpu=True)
         except Exception as exc:  # nvImageCodec refused it: the CPU way below
             log.debug("GPU decoding declined the image, decoding on the CPU: %s", exc)
     if size is not None and size.reduce and syntax in REDUCED_SYNTAXES and _reduced_suits(ds):
@@ -219,6 +219,8 @@ def decode_reduced(src: bytes, runner: DecodeRunner) -> bytes:
     from PIL import Image
 
     level = int(runner.get_option("reduce", 0))
+    if level < 1:  # pydicom tries every plugin when its own fail: this one only when asked
+        raise Declined("reduced decoding was not asked for")
     try:
         image = Image.open(BytesIO(src), formats=("JPEG", "JPEG2000"))
         if runner.transfer_syntax == uid.JPEGBaseline8Bit:
@@ -257,9 +259,9 @@ def decode_gpu(src: bytes, runner: DecodeRunner) -> bytes:
     of ``runner.rows`` x ``runner.columns`` unsigned integers; ValueError when it refuses."""
     from nvidia import nvimgcodec
 
-    decoder = gpu_decoder()
-    if decoder is None:
-        raise Declined("nvImageCodec has no CUDA device")
+    decoder = gpu_decoder() if runner.get_option("on_gpu", False) else None
+    if decoder is None:  # also when pydicom tries this plugin after its own failed
+        raise Declined("GPU decoding not asked for, or no CUDA device")
     try:
         params = nvimgcodec.DecodeParams(
             color_spec=nvimgcodec.ColorSpec.UNCHANGED,

@@ -228,3 +228,15 @@ def test_an_image_the_gpu_refuses_is_decoded_on_the_cpu(
     assert decoded.shape == (440, 440)  # the CPU's reduced decoding
     assert "GPU decoding declined the image" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_pydicom_tries_these_plugins_on_its_own_only_to_be_declined(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoder = FakeDecoder(refuse=False)
+    fake_nvimgcodec(monkeypatch, decoder)
+    ds = data("RG3_J2KR.dcm")
+    for label in (decoders.REDUCED, decoders.GPU):
+        with pytest.raises(RuntimeError, match="not asked for"):
+            pixel_array(ds, index=0, decoding_plugin=label)
+    assert decoder.calls == 0

@@ -160,11 +160,19 @@ def _reduced_side(origin: int, side: int, level: int) -> int:
 
 
 def _reduced_suits(ds: Dataset) -> bool:
-    return int(ds.get("SamplesPerPixel") or 1) == 1 and 0 < int(ds.get("BitsStored") or 0) <= 16
+    """One sample per pixel of 1 to 16 bits (what Pillow's decoders return as they are)."""
+    try:
+        return int(ds.get("SamplesPerPixel") or 1) == 1 and 0 < int(ds.get("BitsStored") or 0) <= 16
+    except (TypeError, ValueError):  # pydicom's own decoding reports the broken attribute
+        return False
 
 
 def _gpu_suits(ds: Dataset) -> bool:
-    return _reduced_suits(ds) and not int(ds.get("PixelRepresentation") or 0)
+    """As for reduced decoding, and unsigned (nvImageCodec's output is taken as unsigned)."""
+    try:
+        return _reduced_suits(ds) and not int(ds.get("PixelRepresentation") or 0)
+    except (TypeError, ValueError):
+        return False
 
 
 def j2k_geometry(frame: bytes) -> tuple[tuple[int, int], int] | None:

@@ -15,6 +15,10 @@ It also prints the per-image preprocessing cost of an uncompressed CR and of the
 
     .venv/bin/python -m bench.engine                          # CPU, batch 1 and 8
     python3 -m bench.engine --device cuda --batches 1 8 32 128 --precisions fp32 bf16 fp16
+    python3 -m bench.engine --device cuda --batches 32 --decode-device cuda   # GPU decoding
+
+The DICOM run decodes as the node does: JPEG 2000 at the size the model needs
+(``--full-decoding``: in full), on the CPU or (``--decode-device``) on the GPU.
 """
 
 from __future__ import annotations
@@ -104,6 +108,17 @@ def main() -> None:
     parser.add_argument(
         "--files", help="folder holding RG3_UNCR.dcm and RG3_J2KR.dcm (default: pydicom-data)"
     )
+    parser.add_argument(
+        "--decode-device",
+        default="cpu",
+        choices=("cpu", "auto", "cuda"),
+        help="where the DICOM run decodes JPEG and JPEG 2000 (cuda: nvImageCodec, when there)",
+    )
+    parser.add_argument(
+        "--full-decoding",
+        action="store_true",
+        help="the DICOM run decodes JPEG 2000 in full, not at the size the model needs",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -138,7 +153,14 @@ def main() -> None:
     bare = bare.to(device).to(memory_format=memory_format)
     if cuda:
         results["agreement_with_cpu_fp32"] = agreement(model, device, args.precisions)
-    preprocessor = DicomPreprocessor(workers=args.workers)
+    preprocessor = DicomPreprocessor(
+        workers=args.workers, decode_device=args.decode_device, reduced=not args.full_decoding
+    )
+    results["dicom_decoding"] = {"device": args.decode_device, "reduced": not args.full_decoding}
+    print(
+        f"from DICOM: {args.workers} decoding process(es), decode device {args.decode_device}, "
+        f"{'full' if args.full_decoding else 'reduced'} decoding on the CPU"
+    )
     print(
         f"{'precision':<9} {'batch':>5} {'bare img/s':>11} {'engine img/s':>13} {'engine/bare':>12} "
         f"{'(on device)':>12} {'from DICOM img/s':>17} {'DICOM/bare':>11}"

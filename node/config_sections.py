@@ -255,6 +255,12 @@ class ModelConfig(FrozenValues):
     thresholds: Mapping[str, float] = field(default_factory=_empty)
     preprocess_workers: int = 0
     max_image_pixels: int = 100_000_000
+    # JPEG and JPEG 2000 decoding: "auto" and "cuda" on an NVIDIA GPU through nvImageCodec (the
+    # "gpu" extra) where it and a CUDA device are there, else on the CPU; "cpu": always the CPU
+    decode_device: str = "auto"
+    # JPEG baseline and JPEG 2000 decoded on the CPU no larger than the model input and the
+    # heatmap's display image need; false: always in full
+    reduced_decoding: bool = True
 
     def __post_init__(self) -> None:
         from node.profiles import MURA_STUDY_TYPES
@@ -267,6 +273,10 @@ class ModelConfig(FrozenValues):
         if self.precision not in ("bf16", "fp16", "fp32"):
             raise ConfigError(
                 f"model.precision: must be bf16, fp16 or fp32, got {self.precision!r}"
+            )
+        if self.decode_device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(
+                f"model.decode_device: must be auto, cpu or cuda, got {self.decode_device!r}"
             )
         if self.max_image_pixels < 1:
             raise ConfigError(

@@ -14,7 +14,9 @@ DICOM choices, in the order they are applied (PS3.3 C.11 "grayscale pipeline"):
 - Decoding goes through pydicom and its plugins (pylibjpeg-libjpeg: JPEG baseline and lossless;
   pylibjpeg-openjpeg: JPEG 2000; pyjpegls: JPEG-LS; RLE built in). Multi-frame objects contribute
   their first frame, and only that frame is decoded. Rows x Columns x frames above ``max_pixels``
-  are refused before decoding.
+  are refused before decoding. Given a ``DecodeSize`` (serving), JPEG and JPEG 2000 images are
+  decoded only as large as the model input and the display image need, or on an NVIDIA GPU
+  (node/inference/decoders.py); the steps below are the same.
 - Nothing a peer sent may make decoding take more memory than the image the data set declares
   (a decompression bomb): before decoding, a JPEG, JPEG-LS or JPEG 2000 frame whose own header
   declares another size or number of components than Rows, Columns and SamplesPerPixel is
@@ -55,11 +57,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import get_frame
 from pydicom.filereader import read_file_meta_info
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, apply_voi, pixel_array
+from pydicom.pixels import apply_modality_lut, apply_voi
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, RLELossless
 
 from node.deflate import HEADER_BYTES, DeflatedReader
 from node.errors import UndecodableImage
+from node.inference.decoders import DecodeSize, decode_first_frame
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,8 +75,11 @@ PERCENTILE_SAMPLE = 250_000
 DEFLATED_SLACK_BYTES = 1024 * 1024
 
 
-def dicom_to_unit(ds: Dataset, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode a DICOM image into display values in [0, 1] (see the module docstring)."""
+def dicom_to_unit(
+    ds: Dataset, max_pixels: int = MAX_PIXELS, size: DecodeSize | None = None
+) -> np.ndarray:
+    """A DICOM image as display values in [0, 1], H x W (x 3) (see the module docstring); in
+    full, or as small as ``size`` allows (JPEG, JPEG 2000: 2, 4 or 8 times smaller a side)."""
     rows, columns, frames = _image_size(ds)
     if rows <= 0 or columns <= 0:
         raise UndecodableImage(f"image has {rows} rows and {columns} columns")
@@ -84,7 +90,7 @@ def dicom_to_unit(ds: Dataset, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     samples = _integer(ds, "SamplesPerPixel", 1)
     _check_compressed_frame(ds, rows, columns, samples, frames)
     try:
-        pixels = pixel_array(ds, index=0)  # the first frame only
+        pixels = decode_first_frame(ds, size)  # the first frame only
     except Exception as exc:  # decoders raise many types on corrupt or unsupported data
         raise UndecodableImage(
             f"cannot decode pixel data: {exc.__class__.__name__}: {exc}"
@@ -346,10 +352,13 @@ def _read_deflated(path: Path, meta: FileMetaDataset, max_pixels: int) -> Datase
 
 
 def dicom_file_to_tensor(
-    path: Path, size: int = INPUT_SIZE, max_pixels: int = MAX_PIXELS
-) -> torch.Tensor:
-    """The serving path: a stored DICOM file to model input."""
-    return unit_to_tensor(dicom_to_unit(read_dicom(path, max_pixels), max_pixels), size)
+    path: Path, size: int = INPUT_SIZE, max_pixels: int = MAX_PIXELS, *, reduced: bool = False,
+    device: str = "cpu",
+) -> torch.Tensor:  # fmt: skip
+    """The serving path: a stored DICOM file to model input; ``reduced``: decoded no larger than
+    that needs; ``device``: where JPEG and JPEG 2000 are decoded (node/inference/decoders.py)."""
+    wanted = DecodeSize(size, 0, device, reduced)
+    return unit_to_tensor(dicom_to_unit(read_dicom(path, max_pixels), max_pixels, wanted), size)
 
 
 def png_file_to_tensor(path: Path, size: int = INPUT_SIZE) -> torch.Tensor:
@@ -373,8 +382,16 @@ def display_image(unit: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def dicom_file_to_inputs(
-    path: Path, size: int = INPUT_SIZE, max_pixels: int = MAX_PIXELS, display_side: int = 1024
+    path: Path,
+    size: int = INPUT_SIZE,
+    max_pixels: int = MAX_PIXELS,
+    display_side: int = 1024,
+    *,
+    reduced: bool = False,
+    device: str = "cpu",
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """One decode, two outputs: the model input and the display image for the heatmap."""
-    unit = dicom_to_unit(read_dicom(path, max_pixels), max_pixels)
+    """One decode (``reduced``: no larger than both need), two outputs: the model input and the
+    display image for the heatmap (longest side at most ``display_side``)."""
+    wanted = DecodeSize(size, display_side, device, reduced)
+    unit = dicom_to_unit(read_dicom(path, max_pixels), max_pixels, wanted)
     return unit_to_tensor(unit, size), display_image(unit, display_side)

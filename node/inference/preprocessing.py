@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from node.errors import UndecodableImage
+from node.inference.decoders import DECODE_DEVICES
 from node.inference.imaging import (
     INPUT_SIZE,
     MAX_PIXELS,
@@ -29,18 +30,25 @@ from node.inference.imaging import (
 
 ModelInput = torch.Tensor  # 3 x size x size, float32, normalised (node/inference/imaging.py)
 WithDisplay = tuple[torch.Tensor, np.ndarray]  # model input, display image (H x W[ x 3] in [0, 1])
-Job = tuple[str, int, int, int]  # path, size, max_pixels, display_side
+# path, size, max_pixels, display_side, reduced decoding, decode device
+Job = tuple[str, int, int, int, bool, str]
 _Loaded = TypeVar("_Loaded", ModelInput, WithDisplay)
 
 
 def _load_tensor(job: Job) -> ModelInput | UndecodableImage:
-    path, size, max_pixels, _display_side = job
-    return _guarded(lambda: dicom_file_to_tensor(Path(path), size, max_pixels))
+    path, size, max_pixels, _display_side, reduced, device = job
+    return _guarded(
+        lambda: dicom_file_to_tensor(Path(path), size, max_pixels, reduced=reduced, device=device)
+    )
 
 
 def _load_with_display(job: Job) -> WithDisplay | UndecodableImage:
-    path, size, max_pixels, display_side = job
-    return _guarded(lambda: dicom_file_to_inputs(Path(path), size, max_pixels, display_side))
+    path, size, max_pixels, display_side, reduced, device = job
+    return _guarded(
+        lambda: dicom_file_to_inputs(
+            Path(path), size, max_pixels, display_side, reduced=reduced, device=device
+        )
+    )
 
 
 def _guarded(load: Callable[[], _Loaded]) -> _Loaded | UndecodableImage:
@@ -57,13 +65,28 @@ class DicomPreprocessor:
     """Stored DICOM files to model input, in ``workers`` spawned processes (0: in this one).
 
     ``size``: the model's input side in pixels; ``max_pixels``: Rows x Columns x frames above
-    which a file is refused before decoding (node/inference/imaging.py)."""
+    which a file is refused before decoding (node/inference/imaging.py); ``decode_device``:
+    ``cpu``, or ``auto``/``cuda`` to decode JPEG and JPEG 2000 on an NVIDIA GPU wherever
+    nvImageCodec and a CUDA device are there (node/inference/decoders.py); ``reduced``: JPEG
+    baseline and JPEG 2000 images decoded on the CPU come out no larger than the model input and
+    the display image need (2, 4 or 8 times smaller on each side)."""
 
     def __init__(
-        self, workers: int = 0, size: int = INPUT_SIZE, max_pixels: int = MAX_PIXELS
+        self,
+        workers: int = 0,
+        size: int = INPUT_SIZE,
+        max_pixels: int = MAX_PIXELS,
+        decode_device: str = "cpu",
+        reduced: bool = True,
     ) -> None:
+        if decode_device not in DECODE_DEVICES:
+            raise ValueError(
+                f"decode_device must be one of {DECODE_DEVICES}, got {decode_device!r}"
+            )
         self.size = size
         self.max_pixels = max_pixels
+        self.decode_device = decode_device
+        self.reduced = reduced
         self.pool: ProcessPoolExecutor | None = None
         if workers > 0:
             self.pool = ProcessPoolExecutor(
@@ -77,14 +100,23 @@ class DicomPreprocessor:
 
     def map(self, paths: Sequence[Path]) -> list[ModelInput | UndecodableImage]:
         """One model input or UndecodableImage per path, in order."""
-        return self._run(_load_tensor, [(str(p), self.size, self.max_pixels, 0) for p in paths])
+        return self._run(_load_tensor, [self._job(p, 0) for p in paths])
 
     def map_with_display(
         self, paths: Sequence[Path], display_side: int = 1024
     ) -> list[WithDisplay | UndecodableImage]:
         """Model inputs and display images (longest side <= display_side) from one decode each."""
-        jobs = [(str(p), self.size, self.max_pixels, display_side) for p in paths]
-        return self._run(_load_with_display, jobs)
+        return self._run(_load_with_display, [self._job(p, display_side) for p in paths])
+
+    def _job(self, path: Path, display_side: int) -> Job:
+        return (
+            str(path),
+            self.size,
+            self.max_pixels,
+            display_side,
+            self.reduced,
+            self.decode_device,
+        )
 
     def _run(
         self, load: Callable[[Job], _Loaded | UndecodableImage], jobs: list[Job]

@@ -296,6 +296,8 @@ def build_worker(config: Config, inference: InferenceEngine, clock: Clock = utcn
             workers=config.model.preprocess_workers,
             size=inference.input_size,
             max_pixels=config.model.max_image_pixels,
+            decode_device=config.model.decode_device,
+            reduced=config.model.reduced_decoding,
         ),
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="results"),
         clock,

@@ -197,6 +197,10 @@ def test_destinations_from_environment() -> None:
         ("[storage]\nmin_free_bytes = -5\n", "storage.min_free_bytes: must be 0 or more"),
         ("[worker]\nmax_crashes = 0\n", "worker.max_crashes: must be at least 1"),
         (
+            '[model]\ndecode_device = "gpu"\n',
+            "model.decode_device: must be auto, cpu or cuda, got 'gpu'",
+        ),
+        (
             '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 104\ntls_ca = "ca.pem"\n',
             "destinations[0]: TLS files are set but tls = false",
         ),

@@ -180,12 +180,12 @@ def test_hostile_input(case: Case, battery: Running, engine: InferenceEngine) ->
 def test_decoding_refuses_images_above_max_image_pixels_before_decoding(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import node.inference.imaging
+    import node.inference.decoders
 
     def no_decoding(*_: object, **__: object) -> None:
         raise AssertionError("the decoder was called")
 
-    monkeypatch.setattr(node.inference.imaging, "pixel_array", no_decoding)
+    monkeypatch.setattr(node.inference.decoders, "pixel_array", no_decoding)
     within = write(radiograph(), tmp_path / "within.dcm")  # 4096 pixels
     bomb = compressed(JPEG2000Lossless)
     frame = j2k_declaring(60000)(

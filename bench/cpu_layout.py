@@ -1,11 +1,12 @@
 """torchvision's DenseNet-169 on the CPU: contiguous against channels_last memory layout, and the
 batch size that gives the most images per second (docs/performance.md, engine section).
 
-    .venv/bin/python bench/cpu_layout.py
+    .venv/bin/python -m bench.cpu_layout
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -23,6 +24,7 @@ def rate(model: torch.nn.Module, batch: int, layout: torch.memory_format) -> flo
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     contiguous = torchvision.models.densenet169(num_classes=1).eval()
     channels_last = (
         torchvision.models.densenet169(num_classes=1).eval().to(memory_format=torch.channels_last)

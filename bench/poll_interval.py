@@ -6,6 +6,7 @@ one open association that does nothing, for each interval (docs/performance.md, 
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -27,6 +28,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         files = write_study(Path(tmp) / "corpus", 60, rows=512, columns=512)
         print("poll interval  bare SCP inst/s (60 x 0.5 MB)  idle CPU per open association")

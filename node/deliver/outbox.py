@@ -1,7 +1,7 @@
 """Database side of delivering results: which deliveries are due, and what happened to them.
 
 A delivery (one result object to one destination) is PENDING, then SENDING while a dispatcher
-holds it, then SENT once the destination acknowledged it (node.db.DeliveryState). A failure
+holds it, then SENT once the destination acknowledged it (node.states.DeliveryState). A failure
 makes it RETRY with an exponential back-off, and after ``dispatch.max_attempts`` DEAD
 (dead-lettered, shown in `status`, re-queued by `mura-node retry`); node/deliver/retry.py holds that
 policy. A SENDING delivery whose dispatcher died becomes due again when

@@ -40,7 +40,8 @@ from node.profiles import load_storage_profile, load_vocabulary
 from node.receive.associations import AssociationLog
 from node.receive.holds import HoldRenewer, hold_interval_s
 from node.receive.ingest import IngestRecords
-from node.receive.scp import StoreHandler, StoreSCP
+from node.receive.scp import StoreSCP
+from node.receive.store_handler import StoreHandler
 from node.stopflag import PipeStop
 from node.storage import FileStore
 from node.tls import client_context

@@ -6,11 +6,13 @@ Times are shown in UTC to the second; the state column is coloured by state on a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import signal
 import sys
-import time
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -284,17 +286,34 @@ def print_status(
         else:
             sys.stdout.write(render_status(build(), database))
         return
-    try:
+    with _interrupted() as stop:
         if json_output:
-            while True:
+            while not stop.is_set():
                 print(json.dumps(as_json(build())), flush=True)
-                time.sleep(watch)
+                stop.wait(watch)
+            return
         with Live(console=Console(), auto_refresh=False) as live:
-            while True:
+            while not stop.is_set():
                 live.update(status_view(build(), database), refresh=True)
-                time.sleep(watch)
-    except KeyboardInterrupt:
-        return
+                stop.wait(watch)
+
+
+@contextlib.contextmanager
+def _interrupted() -> Iterator[threading.Event]:
+    """An event set by Ctrl-C (SIGINT) or SIGTERM while the block runs.
+
+    A handler that only sets a flag ends a watch loop whatever the interpreter was doing when
+    the signal came; a KeyboardInterrupt raised inside a finaliser or a weakref callback (the
+    database pool has both) would be printed as ignored and the loop would go on."""
+    stop = threading.Event()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda _signum, _frame: stop.set())
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def print_history(history: StudyDetail, *, json_output: bool) -> None:

@@ -40,11 +40,11 @@ class HoldRenewer:
     def __init__(
         self,
         studies_in_flight: Callable[[], Collection[str]],
-        repository: IngestRecords,
+        records: IngestRecords,
         interval_s: float,
     ) -> None:
         self.studies_in_flight = studies_in_flight
-        self.repository = repository
+        self.records = records
         self.interval_s = interval_s
         self.lease = timedelta(seconds=LEASE_INTERVALS * interval_s)
         self._stop = threading.Event()
@@ -52,12 +52,12 @@ class HoldRenewer:
         self._failing = False
 
     def renew(self) -> int:
-        """One pass: hold the studies in flight until now + lease (repository clock); returns how
+        """One pass: hold the studies in flight until now + lease (the records' clock); returns how
         many RECEIVING studies are held. No database access when nothing is in flight."""
         studies = self.studies_in_flight()
         if not studies:
             return 0
-        return self.repository.hold_studies(studies, self.lease)
+        return self.records.hold_studies(studies, self.lease)
 
     def start(self) -> None:
         self._stop.clear()

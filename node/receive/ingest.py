@@ -59,7 +59,7 @@ class InstanceRecord:
     protocol_name: str | None = None
     series_description: str | None = None
     study_description: str | None = None
-    anatomic_region: str | None = None  # "SCHEME:CODE", see node.complete.eligibility.coded_region
+    anatomic_region: str | None = None  # "SCHEME:CODE", see node.profiles.coded_region
 
 
 @dataclass(frozen=True)

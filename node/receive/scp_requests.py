@@ -1,6 +1,6 @@
 """C-STORE requests whose Affected SOP Class UID or Affected SOP Instance UID is missing or not a
-UID: answered with a status (0xC001 and an ErrorComment naming the problem, by node/receive/scp.py's
-handler) instead of a dropped association.
+UID: answered with a status (0xC001 and an ErrorComment naming the problem, by the C-STORE
+handler of node/receive/store_handler.py) instead of a dropped association.
 
 pynetdicom 3.0.4 alone, receiving data sets into a temporary file as the node does
 (``STORE_RECV_CHUNKED_DATASET``):

@@ -138,7 +138,7 @@ class StoreHandler:
     def __init__(
         self,
         store: FileStore,
-        repository: IngestRecords,
+        records: IngestRecords,
         profile: StorageProfile,
         threads: int = 16,
         *,
@@ -147,7 +147,7 @@ class StoreHandler:
         associations: AssociationLog | None = None,
     ) -> None:
         self.store = store
-        self.repository = repository
+        self.records = records
         self.profile = profile
         self.max_dataset_bytes = max_dataset_bytes
         self.min_free_bytes = min_free_bytes
@@ -184,7 +184,7 @@ class StoreHandler:
     def _reject(self, calling: str, code: int, reason: str) -> Dataset:
         metrics.instance_received(f"refused 0x{code:04X}")
         log.warning("C-STORE from %s refused with 0x%04X: %s", calling, code, reason)
-        self.repository.record_rejection(calling, code, reason)
+        self.records.record_rejection(calling, code, reason)
         return _status(code, reason)
 
     def _store(self, event: evt.Event, calling: str) -> str | None:
@@ -219,7 +219,7 @@ class StoreHandler:
             try:
                 if self.associations is not None:
                     self.associations.delivering(event.assoc, calling, header.study_instance_uid)
-                result = self.repository.record_instance(
+                result = self.records.record_instance(
                     record, relative, same, before_commit=lambda: durable and durable.result()
                 )
             except SQLAlchemyError as exc:

@@ -266,6 +266,10 @@ def test_separate_worker_command_processes_and_stops_on_sigterm(
 
 
 def test_status_watch_refreshes_until_interrupted(serve: Serve, tmp_path: Path) -> None:
+    # the study must still be RECEIVING in every report, however slowly `status` starts
+    serve.config.write_text(
+        serve.config.read_text().replace("quiet_period_s = 3.0", "quiet_period_s = 600.0")
+    )
     serve.start()
     assert storescu(serve.port, write_study(tmp_path / "study", 1)).returncode == 0
     command = [sys.executable, "-m", "node", "status", "--config", str(serve.config)]

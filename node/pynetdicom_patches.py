@@ -17,7 +17,10 @@ Receiving (node/receive/scp.py, node/receive/scp_requests.py):
 - `register_server`: ``AE._servers``;
 - `check_store_requests` (`_CheckedDIMSE`, `_CheckedAssociation`): ``__class__`` swaps of the
   association and its DIMSE provider, ``Association._serve_request``, ``_accepted_cx``,
-  ``_sent_release``, ``_is_paused``, ``DIMSEMessage.encoded_command_set``.
+  ``_sent_release``, ``_is_paused``, ``DIMSEMessage.encoded_command_set``; and
+  `ReactorClock`, which stands in for the ``time`` module of ``pynetdicom.association`` so that
+  a checked association's reactor wakes when a message is queued instead of after its fixed
+  1 ms poll (``_run_reactor``'s ``time.sleep(0.001)``; ``DIMSEServiceProvider.msg_queue``).
 
 Sending (node/deliver/scu.py):
 
@@ -31,6 +34,8 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
@@ -38,6 +43,7 @@ from typing import Any, Protocol, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config
+from pynetdicom import association as pynetdicom_association
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
@@ -229,6 +235,32 @@ class _CheckedAssociation(Association):
             self.dimse.cancel_req = {}
 
 
+REACTOR_POLL_S = 0.001  # Association._run_reactor's sleep between two looks at its queues
+
+
+class ReactorClock:
+    """The ``time`` module as ``pynetdicom.association`` sees it, but for one call: the reactor
+    thread of a checked association, between two looks at its queues, waits for the next
+    complete DIMSE message instead of sleeping, for at most the same 1 ms. A request is then
+    served as soon as its last fragment is decoded, instead of 0 to 1 ms later (about 0.5 ms per
+    C-STORE on one association); the reactor's idle loop and everything it checks are as in
+    pynetdicom. Every other caller sleeps as with ``time.sleep``, the only function of ``time``
+    that module uses."""
+
+    longest_wait_s = REACTOR_POLL_S  # the reactor's wait for a message, at most (seconds)
+
+    @classmethod
+    def sleep(cls, seconds: float) -> None:
+        thread = threading.current_thread()
+        if seconds != REACTOR_POLL_S or not isinstance(thread, _CheckedAssociation):
+            time.sleep(seconds)
+            return
+        waiting = thread.dimse.msg_queue
+        with waiting.not_empty:  # queue.Queue.put notifies it
+            if not waiting.queue:
+                waiting.not_empty.wait(cls.longest_wait_s)
+
+
 def check_store_requests(assoc: Association, inspect: Inspect) -> None:
     """Make an acceptor association (before it starts) check each C-STORE-RQ's command set as
     soon as it is complete, before pynetdicom decodes it (pynetdicom alone drops, aborts or
@@ -245,6 +277,7 @@ def check_store_requests(assoc: Association, inspect: Inspect) -> None:
     checked.problems = {}
     checked.inspect = inspect
     assoc.__class__ = _CheckedAssociation
+    pynetdicom_association.time = ReactorClock  # type: ignore[assignment]
 
 
 def held_problem(request: object) -> object | None:

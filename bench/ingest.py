@@ -10,6 +10,7 @@ measured in the same run, so they hold on a noisy shared machine where absolute 
 
     .venv/bin/python -m bench.ingest            # 300 x 0.5 MB and 30 x 6 MB, 3 rounds
     .venv/bin/python -m bench.ingest --quick    # 60 x 0.5 MB and 6 x 6 MB, 1 round
+    .venv/bin/python -m bench.ingest --large 0 --rounds 7 --receivers pynetdicom mura-node
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def make_corpora(directory: Path, small: int, large: int) -> dict[str, list[Path
     for index in range(small):
         ds = make_radiograph(study_uid=study, rows=512, columns=512, seed=index)  # 0.5 MB of pixels
         small_files.append(write(ds, small_dir / f"{index:04d}.dcm"))
+    corpora = {"300 x 0.5 MB" if small == 300 else f"{small} x 0.5 MB": small_files}
+    if not large:
+        return corpora
     large_dir = directory / "large"
     large_dir.mkdir()
     template = dcmread(get_testdata_file("RG3_UNCR.dcm"))  # 1760 x 1760 CR, 6.2 MB
@@ -52,10 +56,8 @@ def make_corpora(directory: Path, small: int, large: int) -> dict[str, list[Path
         template.SOPInstanceUID = generate_uid()
         template.file_meta.MediaStorageSOPInstanceUID = template.SOPInstanceUID
         large_files.append(write(template, large_dir / f"{index:04d}.dcm"))
-    return {
-        "300 x 0.5 MB" if small == 300 else f"{small} x 0.5 MB": small_files,
-        "30 x 6 MB" if large == 30 else f"{large} x 6 MB": large_files,
-    }
+    corpora["30 x 6 MB" if large == 30 else f"{large} x 6 MB"] = large_files
+    return corpora
 
 
 BARE_SCP = """
@@ -130,6 +132,15 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="a small corpus and one round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--small", type=int, default=300, help="0.5 MB images (default 300)")
+    parser.add_argument("--large", type=int, default=30, help="6 MB images (default 30; 0: none)")
+    parser.add_argument(
+        "--receivers",
+        nargs="+",
+        choices=["storescp", "pynetdicom", "mura-node"],
+        default=["storescp", "pynetdicom", "mura-node"],
+        help="receivers to measure (pynetdicom is always measured: the ratios need it)",
+    )
     parser.add_argument(
         "--poll-interval",
         type=float,
@@ -137,15 +148,18 @@ def main() -> None:
         help="pynetdicom's idle sleep, for the bare SCP and mura-node alike (default 0.001, its own)",
     )
     args = parser.parse_args()
-    small, large, rounds = (60, 6, 1) if args.quick else (300, 30, args.rounds)
-    kinds = ["storescp", "pynetdicom", "mura-node"]
+    small, large, rounds = (60, 6, 1) if args.quick else (args.small, args.large, args.rounds)
+    kinds = [
+        k for k in ("storescp", "pynetdicom", "mura-node") if k in {*args.receivers, "pynetdicom"}
+    ]
     with tempfile.TemporaryDirectory(prefix="mura-bench-", dir=ROOT / "bench") as tmp:
         workdir = Path(tmp)
         corpora = make_corpora(workdir / "corpus", small, large)
         timings: dict[tuple[str, str], list[float]] = {}
         for round_index in range(rounds):
             for name, files in corpora.items():
-                for kind in kinds:
+                # alternate the order of the receivers from round to round
+                for kind in kinds if round_index % 2 == 0 else reversed(kinds):
                     with receiver(kind, workdir, args.poll_interval) as (port, title):
                         timings.setdefault((name, kind), []).append(send(port, title, files))
             print(f"round {round_index + 1}/{rounds} done", file=sys.stderr)
@@ -153,8 +167,9 @@ def main() -> None:
             f"storescu -> receiver, one association, median of {rounds} round(s), "
             f"{os.cpu_count()} CPUs, pynetdicom poll interval {args.poll_interval} s"
         )
+        reference = "storescp" if "storescp" in kinds else "pynetdicom"
         print(
-            f"{'corpus':<14} {'receiver':<11} {'inst/s':>8} {'MB/s':>7} {'vs storescp':>12} {'vs bare pynetdicom':>19}"
+            f"{'corpus':<14} {'receiver':<11} {'inst/s':>8} {'MB/s':>7} {'vs ' + reference:>12} {'vs bare pynetdicom':>19}"
         )
         for name, files in corpora.items():
             size_mb = sum(f.stat().st_size for f in files) / 1e6
@@ -165,7 +180,7 @@ def main() -> None:
             for kind in kinds:
                 print(
                     f"{name:<14} {kind:<11} {rate[kind]:>8.1f} {rate[kind] * size_mb / len(files):>7.1f}"
-                    f" {rate[kind] / rate['storescp']:>11.2f}x {rate[kind] / rate['pynetdicom']:>18.2f}x"
+                    f" {rate[kind] / rate[reference]:>11.2f}x {rate[kind] / rate['pynetdicom']:>18.2f}x"
                 )
 
 

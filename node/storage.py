@@ -11,10 +11,14 @@ SOPInstanceUID cannot choose where a file lands.
 
 pynetdicom streams each received data set to a temporary Part 10 file (its File Meta, then the
 data set bytes exactly as received, not decoded). ``serve`` points the temporary directory at
-``tmp/`` so that file can be *adopted* without copying: fsync it, hard-link it under its final
-name, fsync the directory. When the temporary file is on another file system the node copies it
+``tmp/`` so that file can be *adopted* without copying: hard-link it under its final name, then
+fsync the file and its directory, the two at once (on a journalling file system both wait for the
+same journal commit, so the pair costs about one fsync). When the temporary file is on another file system the node copies it
 instead (same guarantees, one more write). A row in the database is committed only after this,
 so every file a row names is complete; a file that no row names (a crash in between) is garbage.
+
+The 256 shard directories of ``instances/`` and ``results/`` are made at start (``prepare``), so
+that storing a file never has to create and fsync a directory on the way.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import filecmp
 import os
 import shutil
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -31,6 +36,7 @@ from pydicom.dataset import Dataset
 from node.errors import OutOfResources
 
 _CROSS_DEVICE = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP}
+SHARDS = tuple(f"{index:02x}" for index in range(256))  # first two hex digits of a file's name
 
 
 def fsync_directory(path: Path) -> None:
@@ -55,11 +61,20 @@ class FileStore:
         self.tmp = self.root / "tmp"
         self.instances = self.root / "instances"
         self.results = self.root / "results"
+        # fsyncs of directories, beside those of their files (threads start on first use)
+        self._directory_syncs = ThreadPoolExecutor(thread_name_prefix="fsync-directory")
 
     def prepare(self) -> None:
-        """Create the layout (owner-only permissions) and remove temporary files of a crashed run."""
+        """Create the layout (owner-only permissions, every shard directory, each made durable)
+        and remove temporary files of a crashed run."""
         for directory in (self.root, self.tmp, self.instances, self.results):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for parent in (self.instances, self.results):
+            missing = [parent / shard for shard in SHARDS if not (parent / shard).is_dir()]
+            for shard_dir in missing:
+                shard_dir.mkdir(mode=0o700, exist_ok=True)
+            if missing:
+                fsync_directory(parent)
         for leftover in self.tmp.iterdir():
             if leftover.is_file():
                 leftover.unlink(missing_ok=True)
@@ -71,29 +86,39 @@ class FileStore:
         return f"instances/{name[:2]}/{name}.dcm"
 
     def adopt(self, source: Path, relative: str) -> str:
-        """Make a complete received file durable under ``relative``; return ``relative``."""
+        """Make a complete received file durable under ``relative``; return ``relative``.
+
+        Durable means: the file's bytes, its inode and its directory entry have each been
+        fsynced. Raises OutOfResources (nothing left under ``relative``) on any OSError."""
         final = self.path_of(relative)
         try:
             shard = final.parent
-            if not shard.is_dir():
+            if not shard.is_dir():  # made by prepare(); only a store changed behind the node's back
                 shard.mkdir(mode=0o700, exist_ok=True)
-                fsync_directory(self.instances)
+                fsync_directory(shard.parent)
             try:
-                # Link first, then fsync: on journalling file systems the file's fsync then also
-                # commits the new directory entry, and the directory fsync that guarantees it
-                # everywhere has little left to do. Until the row commits, a crash leaves at
-                # worst an unreferenced file.
+                # Link first, then fsync the file and the directory at once: both are required
+                # (POSIX makes a new directory entry durable only by the directory's fsync), and
+                # on a journalling file system both wait for the same journal commit. Until the
+                # row commits, a crash leaves at worst an unreferenced file.
                 os.link(source, final)
-                fsync_file(final)
+                directory = self._sync_directory_in_parallel(shard)
+                try:
+                    fsync_file(final)
+                finally:
+                    directory.result()
             except OSError as exc:
                 if exc.errno not in _CROSS_DEVICE:
                     raise
                 self._copy(source, final)
-            fsync_directory(shard)
+                fsync_directory(shard)
         except OSError as exc:
             final.unlink(missing_ok=True)
             raise OutOfResources(f"cannot store file: {exc.strerror or exc}") from exc
         return relative
+
+    def _sync_directory_in_parallel(self, directory: Path) -> Future[None]:
+        return self._directory_syncs.submit(fsync_directory, directory)
 
     def _copy(self, source: Path, final: Path) -> None:
         partial = self.tmp / f"{uuid.uuid4().hex}.part"

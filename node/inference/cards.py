@@ -25,24 +25,36 @@ std = [0.229, 0.224, 0.225]
 
 Loading always verifies the hash and refuses a mismatch. ``pack_checkpoint`` turns a state dict
 into such a pair (``mura-node model pack``).
+
+This module imports PyTorch only where tensors are made (``read_state_dict``, ``load_weights``,
+``pack_checkpoint``): ``verify_weights`` checks a checkpoint for ``serve``'s main process, which
+never runs the model, without it (a safetensors header is read with the ``safetensors`` package
+alone; a ``.pt`` file is opened by a short-lived child process).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import tomllib
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from node.errors import CheckpointError
-from node.inference.imaging import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
 from node.profiles import MURA_STUDY_TYPES
 
+if TYPE_CHECKING:
+    import torch
+
 ARCHITECTURE = "densenet169"
+# The input a card describes by default: ImageNet normalisation (per RGB channel, of intensities
+# in [0, 1]) and a square side in pixels. node/inference/imaging.py uses the same.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_SIZE = 320
 
 
 @dataclass(frozen=True)
@@ -146,6 +158,8 @@ def _triple(path: Path, key: str, value: Any) -> tuple[float, float, float]:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Weights from safetensors or a plain state dict; never unpickles arbitrary objects."""
+    import torch
+
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -171,6 +185,48 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def load_weights(card: ModelCard) -> dict[str, torch.Tensor]:
     """The card's weights, after checking their SHA-256 against the card."""
+    _check_hash(card)
+    return read_state_dict(card.weights)
+
+
+def verify_weights(card: ModelCard) -> None:
+    """Check, without importing PyTorch into this process, what ``load_weights`` checks: the
+    weights file exists, has the card's SHA-256, and holds a state dict of tensors. Raises
+    CheckpointError with ``load_weights``'s messages.
+
+    A ``.safetensors`` file: its header is parsed (tensor names, dtypes, shapes, and byte ranges
+    that must cover the file exactly) by the ``safetensors`` package, no tensor is read. Any
+    other file (a PyTorch state dict): read by ``read_state_dict`` in a short-lived child
+    process, so that PyTorch (about 290 MiB) never stays in the caller's memory."""
+    _check_hash(card)
+    path = card.weights
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="numpy") as weights:
+                list(weights.keys())
+        except Exception as exc:
+            raise CheckpointError(
+                f"cannot read weights {path}: {exc.__class__.__name__}: {exc}"
+            ) from None
+        return
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        problem = child.submit(_state_dict_problem, path).result()
+    if problem is not None:
+        raise CheckpointError(problem)
+
+
+def _state_dict_problem(path: Path) -> str | None:
+    """In a child process: why ``read_state_dict(path)`` refuses the file, or None."""
+    try:
+        read_state_dict(path)
+    except CheckpointError as exc:
+        return str(exc)
+    return None
+
+
+def _check_hash(card: ModelCard) -> None:
     if not card.weights.is_file():
         raise CheckpointError(f"weights {card.weights} named by {card.path} do not exist")
     actual = sha256_of(card.weights)
@@ -179,7 +235,6 @@ def load_weights(card: ModelCard) -> dict[str, torch.Tensor]:
             f"weights {card.weights} have SHA-256 {actual}, but {card.path} says {card.sha256}; "
             "refusing to load them"
         )
-    return read_state_dict(card.weights)
 
 
 def pack_checkpoint(

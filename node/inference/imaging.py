@@ -62,11 +62,11 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, RLELossless
 
 from node.deflate import HEADER_BYTES, DeflatedReader
 from node.errors import UndecodableImage
+from node.inference.cards import IMAGENET_MEAN as IMAGENET_MEAN  # the model card's defaults
+from node.inference.cards import IMAGENET_STD as IMAGENET_STD
+from node.inference.cards import INPUT_SIZE as INPUT_SIZE
 from node.inference.decoders import DecodeSize, decode_first_frame
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-INPUT_SIZE = 320
 MAX_PIXELS = 100_000_000
 PERCENTILES = (0.5, 99.5)
 PERCENTILE_SAMPLE = 250_000

@@ -265,7 +265,10 @@ def _describe_exit(code: int | None) -> str:
 
 
 def check_model(model: ModelConfig) -> None:
-    """Fail at start, with a clear message, when the workers could not load the model."""
+    """Fail at start, with a clear message, when the workers could not load the model.
+
+    Raises CheckpointError. PyTorch is not imported here (node/inference/cards.py
+    ``verify_weights``): ``serve``'s main process never runs the model."""
     if not model.cards and not model.allow_untrained:
         raise CheckpointError(
             "no model configured: set model.cards to one or more model card files "
@@ -274,10 +277,10 @@ def check_model(model: ModelConfig) -> None:
         )
     if not model.cards:
         return  # untrained: nothing to check, and no reason to load PyTorch in this process
-    from node.inference.cards import load_card, load_weights
+    from node.inference.cards import load_card, verify_weights
 
     for card in model.cards:
-        load_weights(load_card(Path(card)))
+        verify_weights(load_card(Path(card)))
 
 
 def run_child(role: str, config: Config, stop_reader: Connection) -> None:

@@ -14,11 +14,16 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset, read_file_meta_info
+from pydicom.filereader import (
+    _read_file_meta_info,
+    read_dataset,
+    read_file_meta_info,
+    read_preamble,
+)
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from node.deflate import inflate_start, read_deflated_header, skip_file_meta
+from node.deflate import PIXEL_TAGS, inflate_start, read_deflated_header, skip_file_meta
 from node.errors import DatasetMismatch, InvalidIdentifier, UnreadableDataset
 from node.profiles import coded_region
 from node.receive.scp_requests import is_uid
@@ -101,13 +106,24 @@ def anatomic_region(ds: Dataset) -> str | None:
 
 
 def _read_header_dataset(path: Path) -> Dataset:
-    """The data set up to its pixel data. pydicom inflates a deflated data set whole before it
-    reads an element (a deflate bomb of a few hundred kilobytes is gigabytes); here only the
-    first deflate.HEADER_BYTES are inflated, enough for any header (node/deflate.py)."""
-    meta = read_file_meta_info(path)
-    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-        return dcmread(path, stop_before_pixels=True)
-    return read_deflated_header(path)
+    """The data set up to its pixel data, the file opened and its File Meta parsed once (this
+    runs for every C-STORE). pydicom inflates a deflated data set whole before it reads an
+    element (a deflate bomb of a few hundred kilobytes is gigabytes); here only the first
+    deflate.HEADER_BYTES are inflated, enough for any header (node/deflate.py)."""
+    with path.open("rb") as fp:
+        read_preamble(fp, False)
+        syntax = _read_file_meta_info(fp).get("TransferSyntaxUID")
+        if syntax is None:  # pydicom's reader guesses the encoding
+            return dcmread(path, stop_before_pixels=True)
+        if syntax == DeflatedExplicitVRLittleEndian:
+            return read_deflated_header(path)
+        syntax = UID(syntax)
+        return read_dataset(
+            fp,
+            syntax.is_implicit_VR,
+            syntax.is_little_endian,
+            stop_when=lambda tag, _vr, _length: tag in PIXEL_TAGS,
+        )
 
 
 def study_of_partial_data_set(path: Path) -> str | None:

@@ -13,7 +13,14 @@ import torch
 
 from node.config import ModelConfig
 from node.errors import CheckpointError, UndecodableImage
-from node.inference.cards import load_card, load_weights, pack_checkpoint, read_state_dict
+from node.inference.cards import (
+    load_card,
+    load_weights,
+    pack_checkpoint,
+    read_state_dict,
+    sha256_of,
+    verify_weights,
+)
 from node.inference.engine import InferenceEngine, resolve_device
 from node.inference.model import MuraDenseNet, normalise_cam, upsample_cam
 from node.inference.preprocessing import DicomPreprocessor
@@ -242,3 +249,54 @@ def test_cli_model_info(packed: Path, tmp_path: Path) -> None:
     refused = run("info", "--config", str(missing))
     assert refused.returncode == 1
     assert refused.stderr.startswith("mura-node: no model configured")
+
+
+def _card_for(weights: Path, directory: Path) -> Path:
+    card = directory / f"{weights.stem}.toml"
+    card.write_text(
+        f'name = "x"\nversion = "1"\nweights = "{weights.name}"\nsha256 = "{sha256_of(weights)}"\n'
+    )
+    return card
+
+
+def test_verify_weights_refuses_what_loading_refuses(packed: Path, tmp_path: Path) -> None:
+    verify_weights(load_card(packed))
+    tampered = tmp_path / "tampered.toml"
+    tampered.write_text(packed.read_text())
+    copy = tmp_path / load_card(packed).weights.name
+    copy.write_bytes(load_card(packed).weights.read_bytes()[:-1])
+    with pytest.raises(CheckpointError, match="refusing to load them"):
+        verify_weights(load_card(tampered))
+    truncated = _card_for(copy, tmp_path)  # the hash matches, the header's byte ranges do not
+    with pytest.raises(CheckpointError, match="cannot read weights"):
+        load_weights(load_card(truncated))
+    with pytest.raises(CheckpointError, match="cannot read weights"):
+        verify_weights(load_card(truncated))
+    copy.unlink()
+    with pytest.raises(CheckpointError, match="do not exist"):
+        verify_weights(load_card(truncated))
+
+
+def test_verify_weights_reads_a_pytorch_state_dict_in_a_child_process(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.pt"
+    torch.save({"weight": Path("/etc/passwd")}, evil)  # any object other than tensors
+    with pytest.raises(CheckpointError, match="cannot read weights"):
+        verify_weights(load_card(_card_for(evil, tmp_path)))
+    plain = tmp_path / "plain.pt"
+    torch.save({"module.classifier.bias": torch.zeros(1)}, plain)
+    verify_weights(load_card(_card_for(plain, tmp_path)))
+
+
+def test_serve_checks_its_model_cards_without_pytorch(packed: Path) -> None:
+    # A fresh interpreter: this one has PyTorch already.
+    script = (
+        "import sys\n"
+        "from node.config import ModelConfig\n"
+        "from node.operate.service import check_model\n"
+        f"check_model(ModelConfig(cards=({str(packed)!r},)))\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"

@@ -9,6 +9,9 @@ upgrade means a patch must be re-checked against the new version (they were writ
 from __future__ import annotations
 
 import inspect
+import queue
+import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pynetdicom
+import pynetdicom.association
+import pynetdicom.dul
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -25,13 +30,17 @@ from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dsutils import decode, encode
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from node.pynetdicom_patches import (
     PYNETDICOM_CHECKED,
+    REACTOR_POLL_S,
     BoundedSocket,
+    DULClock,
     PreparingRequestHandler,
+    ReactorClock,
     bound_pdu_reads,
     check_store_requests,
     data_set_path,
@@ -76,6 +85,19 @@ def test_private_internals_have_the_shape_the_patches_rely_on() -> None:
     assert parameters(StorageServiceClass.SCP)[:3] == ["self", "req", "context"], UPGRADE
     assert parameters(decode)[:3] == ["bytestring", "is_implicit_vr", "is_little_endian"], UPGRADE
     assert parameters(encode)[:3] == ["ds", "is_implicit_vr", "is_little_endian"], UPGRADE
+    # ReactorClock: the reactor's poll, the only use of `time` in pynetdicom.association
+    source = inspect.getsource(pynetdicom.association)
+    assert set(re.findall(r"\btime\.(\w+)", source)) == {"sleep"}, UPGRADE
+    reactor = inspect.getsource(Association._run_reactor)
+    assert f"time.sleep({REACTOR_POLL_S})" in reactor, UPGRADE
+    assert "self.dimse.get_msg(block=False)" in reactor, UPGRADE
+    assert isinstance(assoc.dimse.msg_queue, queue.Queue), UPGRADE
+    # DULClock: the DUL reactor's idle sleep, the only use of `time` in pynetdicom.dul
+    assert set(re.findall(r"\btime\.(\w+)", inspect.getsource(pynetdicom.dul))) == {"sleep"}
+    dul_reactor = inspect.getsource(type(assoc.dul).run_reactor)
+    assert "time.sleep(self._run_loop_delay)" in dul_reactor, UPGRADE
+    assert isinstance(assoc.dul.to_provider_queue, queue.Queue), UPGRADE
+    assert assoc.dul.assoc is assoc and hasattr(assoc.dul, "socket"), UPGRADE
 
 
 class _Server(ThreadedAssociationServer):
@@ -245,3 +267,46 @@ def test_the_scu_overrides_still_fit() -> None:
     assert parameters(AssociationSocket._create_socket) == ["self", "address"], UPGRADE
     assert "_is_connected" in inspect.getsource(AssociationSocket.__init__), UPGRADE
     assert "tls_args" in inspect.getsource(AssociationSocket.__init__), UPGRADE
+
+
+def test_a_checked_reactor_wakes_when_a_message_is_queued(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ReactorClock, "longest_wait_s", 600.0)  # far longer than the join below
+    assoc = Association(AE(), "acceptor")
+    check_store_requests(assoc, lambda _command_set, _syntax: None)
+    assoc.run = lambda: ReactorClock.sleep(REACTOR_POLL_S)  # type: ignore[method-assign]
+    assoc.start()
+    while not assoc.dimse.msg_queue.not_empty._waiters:  # type: ignore[attr-defined]
+        threading.Event().wait(0.01)  # the reactor is waiting now
+    assoc.dimse.msg_queue.put((1, DIMSEMessage()))
+    assoc.join(timeout=60)
+    assert not assoc.is_alive()  # woken by the message, not after 600 s
+
+
+def _waiting(condition: Any) -> None:
+    while not condition._waiters:  # the thread under test waits on it now
+        threading.Event().wait(0.01)
+
+
+def test_a_checked_dul_wakes_for_a_response_to_send_and_for_data_from_the_peer() -> None:
+    assoc = Association(AE(), "acceptor")
+    check_store_requests(assoc, lambda _command_set, _syntax: None)
+    dul = assoc.dul
+    assoc.serving = True  # type: ignore[attr-defined]
+    dul.run = lambda: DULClock.sleep(600.0)  # type: ignore[method-assign]
+    dul.start()
+    _waiting(dul.to_provider_queue.not_empty)
+    dul.to_provider_queue.put(P_DATA())
+    dul.join(timeout=60)
+    assert not dul.is_alive()  # woken by the response, not after 600 s
+
+    ours, peer = socket.socketpair()
+    assoc = Association(AE(), "acceptor")
+    check_store_requests(assoc, lambda _command_set, _syntax: None)
+    assoc.dul.socket = AssociationSocket(assoc, client_socket=ours)
+    assoc.dul.run = lambda: DULClock.sleep(600.0)  # type: ignore[method-assign]
+    assoc.dul.start()
+    peer.sendall(b"\x05")
+    assoc.dul.join(timeout=60)
+    assert not assoc.dul.is_alive()  # woken by the peer's data
+    ours.close()
+    peer.close()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from node import storage
 from node.errors import OutOfResources
 from node.storage import FileStore
 
@@ -81,3 +82,45 @@ def test_prepare_removes_leftover_temporary_files(store: FileStore) -> None:
     (store.tmp / "1234.part").write_bytes(b"partial")
     store.prepare()
     assert list(store.tmp.iterdir()) == []
+
+
+def test_prepare_makes_every_shard_directory(store: FileStore) -> None:
+    for parent in (store.instances, store.results):
+        shards = sorted(p.name for p in parent.iterdir())
+        assert shards == [f"{i:02x}" for i in range(256)]
+        assert all((parent / s).stat().st_mode & 0o777 == 0o700 for s in shards)
+    store.prepare()  # again, on an existing layout: nothing to add
+    assert len(list(store.instances.iterdir())) == 256
+
+
+def test_adopt_returns_after_the_file_and_its_directory_are_fsynced(
+    store: FileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[Path] = []
+    for name in ("fsync_file", "fsync_directory"):
+        real = getattr(storage, name)
+        monkeypatch.setattr(
+            storage, name, lambda path, real=real: (real(path), synced.append(path))
+        )
+    relative = store.adopt(received(tmp_path), store.new_name())
+    stored = store.path_of(relative)
+    assert sorted(synced) == sorted([stored, stored.parent])
+
+
+def test_adopt_fails_when_the_directory_cannot_be_fsynced(
+    store: FileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(_path: Path) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(storage, "fsync_directory", failing)
+    with pytest.raises(OutOfResources, match="Input/output error"):
+        store.adopt(received(tmp_path), store.new_name())
+    assert list(store.instances.rglob("*.dcm")) == []
+
+
+def test_adopt_makes_a_missing_shard_directory(store: FileStore, tmp_path: Path) -> None:
+    relative = store.new_name()
+    store.path_of(relative).parent.rmdir()  # a store changed behind the node's back
+    store.adopt(received(tmp_path), relative)
+    assert store.path_of(relative).is_file()

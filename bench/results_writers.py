@@ -7,7 +7,8 @@ stop_before_pixels), which every study needs anyway: cleaning the copied attribu
 (node/results/sanitise.py), the SR, the heatmap banner, the summary image. Then, alternating
 baseline and candidate call by call: the SR document built by highdicom from the whole content
 tree (as before) against around the root container alone (`node.results.sr.document`), and the
-heatmap blended over every pixel (as before) against over the shown evidence only.
+heatmap blended as before (every pixel, the colour ramp gathered by index) against now (the
+shown evidence only, the ramp interpolated by ``np.interp``).
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def main() -> None:
             lambda: document(cleaned, root, identity, predecessor=None, **kwargs),
         ),
         (
-            "heatmap blend 1024 px: every pixel / shown evidence only",
+            "heatmap blend 1024 px: as before / now",
             lambda: blend_every_pixel(unit, cam),
             lambda: blend_heatmap(unit, cam),
         ),
@@ -174,8 +175,17 @@ def blend_every_pixel(unit: np.ndarray, cam: np.ndarray) -> np.ndarray:
     base = image[0, 0].clamp(0, 1).numpy()
     heat = normalise_cam(upsample_cam(torch.from_numpy(cam), *size)).numpy()
     alpha = (MAX_OPACITY * np.clip((heat - EVIDENCE_FLOOR) / (1 - EVIDENCE_FLOOR), 0, 1))[..., None]
-    blended = base[..., None] * (1 - alpha) + colour_ramp(heat) * alpha
+    blended = base[..., None] * (1 - alpha) + ramp_by_index(heat) * alpha
     return np.round(np.clip(blended, 0, 1) * 255).astype(np.uint8)
+
+
+def ramp_by_index(values: np.ndarray) -> np.ndarray:
+    """`colour_ramp` as it was: knots gathered by index per pixel (the baseline)."""
+    ramp = colour_ramp(np.linspace(0.0, 1.0, 5, dtype=np.float32))  # the ramp's five knots
+    position = np.clip(values, 0.0, 1.0) * (len(ramp) - 1)
+    low = np.floor(position).astype(int).clip(0, len(ramp) - 2)
+    fraction = (position - low)[..., None]
+    return (ramp[low] * (1 - fraction) + ramp[low + 1] * fraction).astype(np.float32)
 
 
 if __name__ == "__main__":

@@ -52,11 +52,12 @@ _RAMP = np.array(
 
 
 def colour_ramp(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] to RGB in [0, 1] along the ramp."""
-    position = np.clip(values, 0.0, 1.0) * (len(_RAMP) - 1)
-    low = np.floor(position).astype(int).clip(0, len(_RAMP) - 2)
-    fraction = (position - low)[..., None]
-    return (_RAMP[low] * (1 - fraction) + _RAMP[low + 1] * fraction).astype(np.float32)
+    """Values (any shape; clipped to [0, 1]) to RGB in [0, 1] along the ramp: shape + (3,),
+    float32, linear between the ramp's evenly spaced colours."""
+    knots = np.linspace(0.0, 1.0, len(_RAMP))
+    return np.stack(
+        [np.interp(values, knots, _RAMP[:, channel]) for channel in range(3)], axis=-1
+    ).astype(np.float32)
 
 
 @dataclass(frozen=True)

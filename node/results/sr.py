@@ -189,7 +189,7 @@ def document(
     parses the copy back into content items and searches it for referenced instances, which costs
     more than building the tree (the items are already highdicom's, checked as they were made;
     every instance they reference is a source, listed as evidence all the same). The object is
-    the same, element for element (tests/integration/test_results.py), but its ``content``
+    the same, element for element (tests/integration/test_sr_document.py), but its ``content``
     property holds the root alone: read a written SR back with ``ComprehensiveSR.from_dataset``."""
     shell = Dataset()
     for keyword in _ROOT:

@@ -52,11 +52,12 @@ _RAMP = np.array(
 
 
 def colour_ramp(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] to RGB in [0, 1] along the ramp."""
-    position = np.clip(values, 0.0, 1.0) * (len(_RAMP) - 1)
-    low = np.floor(position).astype(int).clip(0, len(_RAMP) - 2)
-    fraction = (position - low)[..., None]
-    return (_RAMP[low] * (1 - fraction) + _RAMP[low + 1] * fraction).astype(np.float32)
+    """Values (any shape; clipped to [0, 1]) to RGB in [0, 1] along the ramp: shape + (3,),
+    float32, linear between the ramp's evenly spaced colours."""
+    knots = np.linspace(0.0, 1.0, len(_RAMP))
+    return np.stack(
+        [np.interp(values, knots, _RAMP[:, channel]) for channel in range(3)], axis=-1
+    ).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,15 @@ def blend_heatmap(unit: np.ndarray, cam: np.ndarray, max_side: int = MAX_SIDE) -
         )
     base = image[0, 0].clamp(0, 1).numpy()
     heat = normalise_cam(upsample_cam(torch.from_numpy(cam), *size)).numpy()
-    alpha = (MAX_OPACITY * np.clip((heat - EVIDENCE_FLOOR) / (1 - EVIDENCE_FLOOR), 0, 1))[..., None]
-    blended = base[..., None] * (1 - alpha) + colour_ramp(heat) * alpha
+    # Colour goes only where the map exceeds the floor; elsewhere its opacity is 0 and the
+    # radiograph stays as it is, so only those pixels are blended (the same values, less work).
+    shown = heat > EVIDENCE_FLOOR
+    evidence = heat[shown]
+    alpha = (MAX_OPACITY * np.clip((evidence - EVIDENCE_FLOOR) / (1 - EVIDENCE_FLOOR), 0, 1))[
+        :, None
+    ]
+    blended = np.repeat(base[..., None], 3, axis=2)
+    blended[shown] = base[shown][:, None] * (1 - alpha) + colour_ramp(evidence) * alpha
     return np.round(np.clip(blended, 0, 1) * 255).astype(np.uint8)
 
 

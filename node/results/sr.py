@@ -152,9 +152,53 @@ def build_sr(
         _qualitative_evaluations(finding, result.probability, algorithm.untrained)
     )
     _separate(report[0])
+    sr = document(
+        sources,
+        report[0],
+        identity,
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        predecessor=predecessor,
+    )
+    sr.SeriesDescription = series_description(result, algorithm.untrained)
+    return sr
+
+
+# The root container's own attributes: all of it but its items.
+_ROOT = ("ConceptNameCodeSequence", "ValueType", "ContinuityOfContent", "ContentTemplateSequence")
+
+
+def document(
+    sources: Sequence[Dataset],
+    root: Dataset,
+    identity: NodeIdentity,
+    *,
+    series_instance_uid: str,
+    series_number: int,
+    sop_instance_uid: str,
+    predecessor: Dataset | None,
+) -> hd.sr.ComprehensiveSR:
+    """The Comprehensive SR document (patient, study, series, SR Document General with
+    CurrentRequestedProcedureEvidenceSequence listing ``sources``, PredecessorDocumentsSequence
+    naming ``predecessor``) around ``root``, the content tree's root container, whose items must
+    reference no instance but ``sources``.
+
+    highdicom builds the document around the root container without its items, which it then
+    receives as they are: given a study's whole tree, highdicom's constructor deep-copies it,
+    parses the copy back into content items and searches it for referenced instances, which costs
+    more than building the tree (the items are already highdicom's, checked as they were made;
+    every instance they reference is a source, listed as evidence all the same). The object is
+    the same, element for element (tests/integration/test_sr_document.py), but its ``content``
+    property holds the root alone: read a written SR back with ``ComprehensiveSR.from_dataset``."""
+    shell = Dataset()
+    for keyword in _ROOT:
+        if keyword in root:
+            shell[keyword] = root[keyword]
+    shell.ContentSequence = []
     sr = hd.sr.ComprehensiveSR(
         evidence=list(sources),
-        content=report,
+        content=shell,
         series_instance_uid=series_instance_uid,
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,
@@ -163,7 +207,7 @@ def build_sr(
         is_complete=True,
         previous_versions=[predecessor] if predecessor is not None else None,
     )
-    sr.SeriesDescription = series_description(result, algorithm.untrained)
+    sr.ContentSequence = root.ContentSequence
     sr.ManufacturerModelName = identity.model_name
     sr.SoftwareVersions = identity.software_version
     return sr

@@ -1,21 +1,22 @@
-"""The inference worker: claim a READY study, run the model, write the SR and heatmaps, queue them.
+"""The inference worker: claim READY studies, run the model, write the SR and heatmaps, queue them.
 
-One study at a time per worker process (a study's images are one batch, cut at the engine's batch
-size); several workers, in ``serve`` or on other machines (`mura-node worker`), share the queue
-through the database. For each claimed study:
+A worker claims READY studies, each under its own claim and lease, until their images fill the
+engine's batch (node/inference/engine.py), and runs one forward pass over them all; several
+workers, in ``serve`` or on other machines (`mura-node worker`), share the queue through the
+database. For each claimed study:
 
 1. its analysed images of its study type are decoded once each (in ``model.preprocess_workers``
    processes when configured) into the model input and a display image, then put in the
    source's order (SeriesNumber, then InstanceNumber; node/results/order.py), never their
    arrival order;
-2. the engine gives the image and study probabilities and maps;
+2. the engine gives the image and study probabilities and maps, in the batch's forward pass;
 3. the SR (naming the study's previous SR as predecessor, if any; "Image N" in the source's
    order), one heatmap SC per image (InstanceNumber N), the study's summary image and, when a
    destination takes "gsps", a presentation state per image are written durably to
    ``results/``, all with the study-level attributes of `node.results.identity.add_study_level`
    and one SeriesDate and SeriesTime;
-4. one transaction records the results, a delivery per destination and object, and the new state
-   (DISPATCHING, or DONE without destinations), only if the claim is still ours.
+4. one transaction of its own records the results, a delivery per destination and object, and
+   the new state (DISPATCHING, or DONE without destinations), only if the claim is still ours.
 
 While it runs, a worker's heartbeat renews its leases and returns to READY the claims of any worker
 that stopped renewing its own (counted as a crash of the study, node/work/processing.py).
@@ -23,9 +24,9 @@ that stopped renewing its own (counted as a crash of the study, node/work/proces
 A study whose images cannot be decoded ends FAILED with a reason that starts "input fault" and says
 which image (numbered in arrival order: the source's numbers of an image that cannot be read are
 not known) and why; any other error in one study ends that study FAILED with a reason that starts
-"node fault", and the worker goes on with the next. Attributes the results copy from the images are
-cleaned first (node/results/sanitise.py), so a header value never fails a study; what was changed
-is recorded in the study's history ("headers cleaned", keywords only).
+"node fault", and the worker goes on with the batch's other studies. Attributes the results copy
+from the images are cleaned first (node/results/sanitise.py), so a header value never fails a
+study; what was changed is recorded in the study's history ("headers cleaned", keywords only).
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
+import torch
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -87,6 +90,20 @@ def algorithm_info(inference: InferenceEngine) -> AlgorithmInfo:
     return AlgorithmInfo(ALGORITHM_NAME, version, checkpoints, untrained=inference.untrained)
 
 
+@dataclass(frozen=True)
+class PreparedStudy:
+    """A claimed study ready for the model, every list in the source's order (one item per
+    analysed image): its images, their headers as received, their positions, the model inputs
+    (3 x S x S float32 tensors) and the display images (H x W or H x W x 3, values in [0, 1])."""
+
+    claimed: ClaimedStudy
+    images: list[StudyImage]
+    headers: list[Dataset]
+    positions: list[SourcePosition]
+    inputs: list[torch.Tensor]
+    displays: list[np.ndarray]
+
+
 class Worker:
     """Processes READY studies with its collaborators (built by `build_worker`, owned from then
     on: ``close`` shuts them down): ``inference`` runs the model, ``queue`` is the shared work
@@ -115,26 +132,48 @@ class Worker:
         self.results = ResultSetWriter(store, self.algorithm, self.identity)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
         self.lease = timedelta(seconds=config.worker.lease_s)
-        self.pending: Future[None] | None = None
+        self.pending: list[Future[None]] = []
 
     def run_once(self) -> bool:
-        """Start processing one READY study if there is one; say whether there was.
+        """Start processing a batch of READY studies if there is one; say whether there was.
 
-        The study's results are written on the writer thread while this thread goes on with the
-        next study (the model releases the interpreter while it computes); ``drain`` waits for
-        them."""
-        claimed = self.queue.claim_ready_study(self.worker_id, self.lease)
-        if claimed is None:
+        The worker claims READY studies, each on its own claim and lease, until their analysed
+        images reach the engine's batch size (`InferenceEngine.batch_size`: the best measured on
+        the CPU, ``model.batch_size`` on CUDA; the last study claimed may go past it, and a study
+        is never split); one forward pass covers them all. Each study's results are then written
+        and recorded on the writer thread, one study at a time, while this thread goes on with
+        the next batch (the model releases the interpreter while it computes); ``drain`` waits
+        for them. A failure of one study (its images, its results, its claim) ends that study
+        only."""
+        batch = self._claim_batch()
+        if not batch:
             self.drain()
             return False
-        self._guarded(claimed, self.process)
+        self.process(batch)
         return True
+
+    def _claim_batch(self) -> list[tuple[ClaimedStudy, list[StudyImage]]]:
+        """Claim READY studies (oldest first) with their images until the images fill a batch."""
+        batch: list[tuple[ClaimedStudy, list[StudyImage]]] = []
+        images = 0
+        while images < self.inference.batch_size:
+            claimed = self.queue.claim_ready_study(self.worker_id, self.lease)
+            if claimed is None:
+                break
+            try:
+                study_images = self.queue.images(claimed)
+            except Exception as exc:
+                self._internal_error(claimed, exc)
+                continue
+            batch.append((claimed, study_images))
+            images += len(study_images)
+        return batch
 
     def drain(self) -> None:
         """Wait until the results of every study started so far are recorded."""
-        if self.pending is not None:
-            self.pending.result()
-            self.pending = None
+        pending, self.pending = self.pending, []
+        for future in pending:
+            future.result()
 
     def run(self, stop: StopFlag) -> None:
         done = threading.Event()
@@ -185,13 +224,64 @@ class Worker:
         log.error("study %s failed", short_uid(claimed.study_instance_uid), exc_info=exc)
         self.queue.fail(claimed, self.worker_id, node_fault(exc))
 
-    def process(self, claimed: ClaimedStudy) -> None:
-        images = self.queue.images(claimed)
+    def process(self, batch: list[tuple[ClaimedStudy, list[StudyImage]]]) -> None:
+        """Decode each claimed study's images, run one forward pass over every study that could
+        be decoded, then hand each study's results to the writer thread on its own."""
+        prepared: list[PreparedStudy] = []
+        for claimed, images in batch:
+            try:
+                study = self._prepare(claimed, images)
+            except Exception as exc:
+                self._internal_error(claimed, exc)
+                continue
+            if study is not None:
+                prepared.append(study)
+        if not prepared:
+            return
+        started = time.perf_counter()
+        results = self._predict(prepared)
+        count = sum(len(study.inputs) for study in prepared)
+        for _ in range(count):
+            metrics.inference_per_image((time.perf_counter() - started) / count)
+        self.drain()  # at most one batch's results in writing at a time
+        for study, result in zip(prepared, results, strict=True):
+            if isinstance(result, Exception):
+                self._internal_error(study.claimed, result)
+                continue
+            self.pending.append(
+                self.writer.submit(self._guarded, study.claimed, self._write, study, result)
+            )
+
+    def _predict(self, prepared: list[PreparedStudy]) -> list[StudyResult | Exception]:
+        """One forward pass over the batch; should it fail, each study is run on its own, so
+        that an error is charged to the study that causes it."""
+        try:
+            return list(
+                self.inference.predict_studies(
+                    [(study.claimed.study_type, study.inputs) for study in prepared]
+                )
+            )
+        except Exception:
+            if len(prepared) == 1:
+                raise
+        outcomes: list[StudyResult | Exception] = []
+        for study in prepared:
+            try:
+                outcomes += self.inference.predict_studies(
+                    [(study.claimed.study_type, study.inputs)]
+                )
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def _prepare(self, claimed: ClaimedStudy, images: list[StudyImage]) -> PreparedStudy | None:
+        """Decode a study's images and read their headers, in the source's order; None when the
+        study ended FAILED for its input (no analysable image, an image that cannot be used)."""
         if not images:
             self.queue.fail(
                 claimed, self.worker_id, f"{INPUT_FAULT}: no analysable image left in the study"
             )
-            return
+            return None
         paths = [self.store.path_of(image.file_path) for image in images]
         decoded = []
         for index, item in enumerate(self.preprocessor.map_with_display(paths)):
@@ -199,41 +289,33 @@ class Worker:
                 reason = f"{INPUT_FAULT}: image {index + 1} of {len(images)} cannot be used: {item}"
                 self.queue.fail(claimed, self.worker_id, reason[:500])
                 log.warning("study %s FAILED: %s", short_uid(claimed.study_instance_uid), reason)
-                return
+                return None
             decoded.append(item)
         # Read only now: decoding has bounded what a deflated data set inflates to (pydicom
         # inflates one whole even to read its header).
         headers = [dcmread(path, stop_before_pixels=True) for path in paths]
         positions = [SourcePosition.of(header) for header in headers]
         order = source_order(positions)
-        images = [images[i] for i in order]
-        headers = [headers[i] for i in order]
-        positions = [positions[i] for i in order]
-        inputs = [decoded[i][0] for i in order]
-        displays = [decoded[i][1] for i in order]
         if claimed.ready_since is not None:
             metrics.queue_wait((utcnow() - claimed.ready_since).total_seconds())
-        started = time.perf_counter()
-        result = self.inference.predict_studies([(claimed.study_type, inputs)])[0]
-        for _ in inputs:
-            metrics.inference_per_image((time.perf_counter() - started) / len(inputs))
-        self.drain()  # at most one study's results in writing at a time
-        self.pending = self.writer.submit(
-            self._guarded, claimed, self._write, images, headers, positions, displays, result
+        return PreparedStudy(
+            claimed,
+            [images[i] for i in order],
+            [headers[i] for i in order],
+            [positions[i] for i in order],
+            [decoded[i][0] for i in order],
+            [decoded[i][1] for i in order],
         )
 
-    def _write(
-        self,
-        claimed: ClaimedStudy,
-        images: list[StudyImage],
-        headers: list[Dataset],
-        positions: list[SourcePosition],
-        displays: list[np.ndarray],
-        result: StudyResult,
-    ) -> None:
+    def _write(self, claimed: ClaimedStudy, study: PreparedStudy, result: StudyResult) -> None:
         """Clean the copied attributes, write the study's result set (node/work/result_set.py), then
-        record it; ``images``, ``headers`` (as received), ``positions``, ``displays`` and
-        ``result.images`` are in the source's order."""
+        record it; the study's lists and ``result.images`` are in the source's order."""
+        images, headers, positions, displays = (
+            study.images,
+            study.headers,
+            study.positions,
+            study.displays,
+        )
         cleaned = [clean_source(header) for header in headers]
         sources = [source for source, _changes in cleaned]
         patients = {str(source.PatientID) for source in sources} - {""}

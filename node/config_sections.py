@@ -10,15 +10,19 @@ its child processes) and compare equal to plain dicts and tuples.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any
 
+from node.config_checks import (
+    FrozenValues,
+    check_ae_title,
+    check_port,
+    check_positive,
+    empty_mapping,
+)
 from node.errors import ConfigError
 from node.states import ResultKind
 
@@ -28,40 +32,6 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 RESULT_KINDS: tuple[str, ...] = tuple(kind.value for kind in ResultKind)
 # How a destination's messages start; load_config puts "destinations[<index>]" in its place.
 DESTINATION = "destination"
-
-
-def _empty() -> Mapping[Any, Any]:
-    return MappingProxyType({})
-
-
-class FrozenValues:
-    """Freezing and pickling shared by the sections: mappings become read-only views, lists
-    tuples; a pickled section is rebuilt (and checked again) from plain values."""
-
-    def _freeze(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)
-
-    def _freeze_fields(self) -> None:
-        for item in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, item.name)
-            if isinstance(value, Mapping):
-                frozen = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(value).items()}
-                self._freeze(item.name, MappingProxyType(frozen))
-            elif isinstance(value, list):
-                self._freeze(item.name, tuple(value))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        values = {
-            item.name: dict(value)
-            if isinstance(value := getattr(self, item.name), Mapping)
-            else value
-            for item in dataclasses.fields(self)  # type: ignore[arg-type]
-        }
-        return (_rebuild, (type(self), values))
-
-
-def _rebuild(cls: type, values: dict[str, Any]) -> Any:
-    return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -81,7 +51,7 @@ class DicomConfig(FrozenValues):
     poll_interval_s: float = 0.001
     max_dataset_bytes: int = 1_073_741_824
     # calling AE title -> the IP addresses or networks it may connect from
-    peer_addresses: Mapping[str, tuple[str, ...]] = field(default_factory=_empty)
+    peer_addresses: Mapping[str, tuple[str, ...]] = field(default_factory=empty_mapping)
     tls_certificate: str = ""
     tls_private_key: str = ""
     tls_client_ca: str = ""
@@ -90,10 +60,10 @@ class DicomConfig(FrozenValues):
 
     def __post_init__(self) -> None:
         self._freeze_fields()
-        _check_ae_title("dicom.ae_title", self.ae_title)
+        check_ae_title("dicom.ae_title", self.ae_title)
         for index, title in enumerate(self.accepted_calling_ae_titles):
-            _check_ae_title(f"dicom.accepted_calling_ae_titles[{index}]", title)
-        _check_port("dicom.port", self.port)
+            check_ae_title(f"dicom.accepted_calling_ae_titles[{index}]", title)
+        check_port("dicom.port", self.port)
         if not self.host:
             raise ConfigError("dicom.host: must not be empty (use 0.0.0.0 for all interfaces)")
         if self.max_associations < 1:
@@ -105,7 +75,7 @@ class DicomConfig(FrozenValues):
                 f"dicom.maximum_pdu_size: must be 0 (unlimited) or at least 4096, "
                 f"got {self.maximum_pdu_size}"
             )
-        _check_positive("dicom", self, ("acse_timeout_s", "dimse_timeout_s", "network_timeout_s"))
+        check_positive("dicom", self, ("acse_timeout_s", "dimse_timeout_s", "network_timeout_s"))
         if not 0.0001 <= self.poll_interval_s <= 0.1:
             raise ConfigError(
                 f"dicom.poll_interval_s: must be between 0.0001 and 0.1, got {self.poll_interval_s}"
@@ -120,7 +90,7 @@ class DicomConfig(FrozenValues):
     def _check_peers(self) -> None:
         for title, addresses in self.peer_addresses.items():
             key = f"dicom.peer_addresses.{title}"
-            _check_ae_title(key, title)
+            check_ae_title(key, title)
             if self.accepted_calling_ae_titles and title not in self.accepted_calling_ae_titles:
                 raise ConfigError(f"{key}: {title!r} is not in dicom.accepted_calling_ae_titles")
             if not addresses:
@@ -150,7 +120,7 @@ class DicomConfig(FrozenValues):
             self.tls_certificate
         ):
             raise ConfigError("dicom.tls_client_ca: TLS is off (set dicom.tls_certificate first)")
-        _check_positive("dicom", self, ("tls_handshake_timeout_s",))
+        check_positive("dicom", self, ("tls_handshake_timeout_s",))
 
 
 @dataclass(frozen=True)
@@ -200,14 +170,14 @@ class CompletionConfig(FrozenValues):
     def __post_init__(self) -> None:
         self._freeze("release_trigger_aes", tuple(t.strip() for t in self.release_trigger_aes))
         timers = ("quiet_period_s", "force_complete_s", "tick_interval_s", "release_settle_s")
-        _check_positive("completion", self, timers)
+        check_positive("completion", self, timers)
         if self.force_complete_s < self.quiet_period_s:
             raise ConfigError(
                 f"completion.force_complete_s: must not be shorter than completion.quiet_period_s "
                 f"({self.force_complete_s} < {self.quiet_period_s})"
             )
         for index, title in enumerate(self.release_trigger_aes):
-            _check_ae_title(f"completion.release_trigger_aes[{index}]", title)
+            check_ae_title(f"completion.release_trigger_aes[{index}]", title)
 
 
 @dataclass(frozen=True)
@@ -218,7 +188,7 @@ class ServiceConfig(FrozenValues):
     log_level: str = "INFO"
     log_format: str = "text"
     # logger name -> level, e.g. {"node.receive.scp": "DEBUG"}
-    log_levels: Mapping[str, str] = field(default_factory=_empty)
+    log_levels: Mapping[str, str] = field(default_factory=empty_mapping)
 
     def __post_init__(self) -> None:
         self._freeze_fields()
@@ -252,7 +222,7 @@ class ModelConfig(FrozenValues):
     batch_size: int = 0
     threshold: float = 0.5
     # MURA study type -> decision threshold on the study probability, in (0, 1)
-    thresholds: Mapping[str, float] = field(default_factory=_empty)
+    thresholds: Mapping[str, float] = field(default_factory=empty_mapping)
     preprocess_workers: int = 0
     max_image_pixels: int = 100_000_000
     # JPEG and JPEG 2000 decoding: "auto" and "cuda" on an NVIDIA GPU through nvImageCodec (the
@@ -311,7 +281,7 @@ class WorkerConfig(FrozenValues):
     def __post_init__(self) -> None:
         if self.processes < 0:
             raise ConfigError(f"worker.processes: must be 0 or more, got {self.processes}")
-        _check_positive("worker", self, ("poll_interval_s", "lease_s"))
+        check_positive("worker", self, ("poll_interval_s", "lease_s"))
         if self.max_crashes < 1:
             raise ConfigError(f"worker.max_crashes: must be at least 1, got {self.max_crashes}")
 
@@ -327,7 +297,7 @@ class DispatchConfig(FrozenValues):
     timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
-        _check_positive(
+        check_positive(
             "dispatch", self, ("poll_interval_s", "first_retry_s", "max_retry_s", "timeout_s")
         )
         if self.max_attempts < 1:
@@ -343,7 +313,7 @@ class MetricsConfig(FrozenValues):
     port: int = 9464
 
     def __post_init__(self) -> None:
-        _check_port("metrics.port", self.port)
+        check_port("metrics.port", self.port)
 
 
 @dataclass(frozen=True)
@@ -370,8 +340,8 @@ class Destination(FrozenValues):
         where = DESTINATION
         if not self.name:
             raise ConfigError(f"{where}.name: must not be empty")
-        _check_ae_title(f"{where}.ae_title", self.ae_title)
-        _check_port(f"{where}.port", self.port)
+        check_ae_title(f"{where}.ae_title", self.ae_title)
+        check_port(f"{where}.port", self.port)
         if not self.host:
             raise ConfigError(f"{where}.host: must not be empty")
         if bool(self.tls_certificate) != bool(self.tls_private_key):
@@ -386,25 +356,3 @@ class Destination(FrozenValues):
             raise ConfigError(
                 f"{where}.objects: a non-empty list of {kinds}, got {list(self.objects)}"
             )
-
-
-def _check_positive(section: str, values: object, keys: tuple[str, ...]) -> None:
-    for key in keys:
-        value = getattr(values, key)
-        if value <= 0:
-            raise ConfigError(f"{section}.{key}: must be greater than 0, got {value}")
-
-
-def _check_ae_title(key: str, title: str) -> None:
-    """An AE title (PS3.5 6.2, VR AE): 1 to 16 printable ASCII characters, no backslash."""
-    if not title.strip():
-        raise ConfigError(f"{key}: must not be empty")
-    if len(title) > 16:
-        raise ConfigError(f"{key}: at most 16 characters, got {len(title)} ({title!r})")
-    if "\\" in title or any(ord(ch) < 32 or ord(ch) > 126 for ch in title):
-        raise ConfigError(f"{key}: only printable ASCII without backslash is allowed ({title!r})")
-
-
-def _check_port(key: str, port: int) -> None:
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"{key}: must be between 1 and 65535, got {port}")

@@ -33,9 +33,7 @@ uids = st.builds(
 ).filter(lambda uid: len(uid) <= 64)
 
 
-def add_studies(
-    engine: Engine, study_uids: list[str], generation: int = 1, start: int = 0
-) -> None:
+def add_studies(engine: Engine, study_uids: list[str], generation: int = 1, start: int = 0) -> None:
     """DONE studies first received at T0, (re-)opened a minute apart from ``start`` minutes."""
     with Session(engine) as session, session.begin():
         for index, uid in enumerate(study_uids, start):

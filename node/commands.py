@@ -104,7 +104,7 @@ def status(args: argparse.Namespace, config: Config) -> int:
     """`status`: the queue, once or every ``--watch`` seconds; exit 2 for a bad interval."""
     from node.clock import utcnow
     from node.db import check_schema, safe_url
-    from node.operate.status import collect_status
+    from node.operate.status import collect_status, untrained_model
     from node.operate.status_view import print_status
 
     if args.watch is not None and args.watch <= 0:
@@ -119,6 +119,7 @@ def status(args: argparse.Namespace, config: Config) -> int:
                 limit=max(1, args.limit),
                 only_state=args.state,
                 only_study=args.study,
+                model_untrained=untrained_model(config.model),
             ),
             safe_url(config.database_url),
             json_output=args.json,
@@ -151,17 +152,20 @@ def studies_show(args: argparse.Namespace, config: Config) -> int:
 
 
 def db_upgrade(args: argparse.Namespace, config: Config) -> int:
-    """`db upgrade`: create or migrate the schema; exit 1 when the database refuses."""
+    """`db upgrade`: create or migrate the schema and say which of the two it did (or that
+    there was nothing to do); exit 1 when the database refuses."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from node.db import database_error_reason, make_engine, upgrade_database
 
     engine = make_engine(config.database_url)
     try:
-        upgrade_database(engine)
+        upgrade = upgrade_database(engine)
     except SQLAlchemyError as exc:
         return fail(f"cannot upgrade the database: {database_error_reason(exc)}", 1)
-    print("database schema is up to date")
+    finally:
+        engine.dispose()
+    print(upgrade.describe())
     return 0
 
 

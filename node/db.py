@@ -11,6 +11,7 @@ The schema is created and upgraded only by the Alembic migrations in ``node/migr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -251,9 +252,33 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def upgrade_database(engine: Engine) -> None:
-    """Create or upgrade the schema to the newest migration (keeps every existing row)."""
+@dataclass(frozen=True)
+class SchemaUpgrade:
+    """What :func:`upgrade_database` did: the Alembic revision before (None: no schema) and
+    after (this version's head)."""
+
+    before: str | None
+    after: str
+
+    def describe(self) -> str:
+        """One line for an operator: "created the database schema at revision X", "upgraded
+        the database schema from revision X to Y" or "the database schema is already at
+        revision X"."""
+        if self.before is None:
+            return f"created the database schema at revision {self.after}"
+        if self.before != self.after:
+            return f"upgraded the database schema from revision {self.before} to {self.after}"
+        return f"the database schema is already at revision {self.after}"
+
+
+def upgrade_database(engine: Engine) -> SchemaUpgrade:
+    """Create or upgrade the schema to the newest migration (keeps every existing row); returns
+    the revisions before and after. Raises SQLAlchemyError when the database refuses."""
+    before = current_revision(engine)
     command.upgrade(_alembic_config(engine), "head")
+    after = current_revision(engine)
+    assert after is not None  # the upgrade to head has just committed a revision
+    return SchemaUpgrade(before, after)
 
 
 def check_schema(engine: Engine) -> None:

@@ -5,7 +5,8 @@ prometheus-client's multiprocess mode (files under ``<data_dir>/metrics``); the 
 gauges are read from the database at each scrape. Endpoints, on ``metrics.host``:``metrics.port``:
 
 - ``/metrics``: instances received by outcome, studies by state, deliveries by state, queue wait
-  (READY to claimed), inference time per image, dispatch outcomes;
+  (READY to claimed), inference time per image, dispatch outcomes, and whether the configured
+  model is untrained (``mura_node_model_untrained``, 1 or 0);
 - ``/healthz``: 200 "ok" while the SCP listens and the database answers, else 503 with the reason
   (for a load balancer or a systemd watchdog script).
 
@@ -115,12 +116,18 @@ def state_counts(session: Session) -> tuple[dict[str, int], dict[str, int]]:
 
 
 class _DatabaseCollector:
-    def __init__(self, read: Callable[[], dict[str, dict[str, int]]]) -> None:
+    def __init__(self, read: Callable[[], dict[str, dict[str, int]]], untrained: bool) -> None:
         self.read = read
+        self.untrained = untrained
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
+        yield GaugeMetricFamily(
+            "mura_node_model_untrained",
+            "1 when the configured model has random weights (results are meaningless), else 0",
+            value=1 if self.untrained else 0,
+        )
         counts = self.read()
         for name, help_text, key in (
             ("mura_node_studies", "Studies by state", "studies"),
@@ -137,14 +144,16 @@ def serve_endpoints(
     port: int,
     read_counts: Callable[[], dict[str, dict[str, int]]],
     healthy: Callable[[], str | None],
+    model_untrained: bool = False,
 ) -> ThreadingHTTPServer:
-    """Start the HTTP endpoints on a background thread; returns the server (``shutdown()`` stops it)."""
+    """Start the HTTP endpoints on a background thread; returns the server (``shutdown()`` stops
+    it). ``model_untrained``: the value of the ``mura_node_model_untrained`` gauge (1 or 0)."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
-    registry.register(_DatabaseCollector(read_counts))
+    registry.register(_DatabaseCollector(read_counts, model_untrained))
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

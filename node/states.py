@@ -61,6 +61,7 @@ class StudyEventName(enum.StrEnum):
     )
     SENT_AGAIN = "sent again"  # sent again after a lost response, without that confirmation
     DEAD_LETTER = "dead letter"
+    REQUEUED = "re-queued"  # `mura-node retry` re-queued dead letters (detail: what had failed)
     DONE = "done"
     PURGED = "purged"
 

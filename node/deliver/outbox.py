@@ -200,17 +200,52 @@ class Outbox:
         return state
 
     def retry_dead(self) -> int:
-        """Re-queue every dead-lettered delivery; returns how many."""
+        """Re-queue every dead-lettered delivery with a fresh count of attempts; returns how many.
+
+        What had failed is kept: each row keeps its last status and error until its next
+        attempt, and each study gets a ``re-queued`` event per destination that says which
+        objects, after how many attempts, and the last error (`studies show`)."""
         now = self.clock()
         with Session(self.engine) as session, session.begin():
-            result = session.execute(
-                update(Dispatch)
+            dead = session.execute(
+                select(Dispatch, Result.study_id, Result.kind)
+                .join(Result, Result.id == Dispatch.result_id)
                 .where(Dispatch.state == DeliveryState.DEAD)
-                .values(
-                    state=DeliveryState.PENDING, attempts=0, next_attempt_at=now, updated_at=now
+                .order_by(Result.study_id, Dispatch.destination, Dispatch.id)
+                .with_for_update(of=Dispatch)
+            ).all()
+            groups: dict[tuple[int, str], list[tuple[Dispatch, str]]] = {}
+            for dispatch, study_id, kind in dead:
+                groups.setdefault((study_id, dispatch.destination), []).append((dispatch, kind))
+            for (study_id, destination), rows in groups.items():
+                session.add(
+                    StudyEvent(
+                        study_id=study_id,
+                        at=now,
+                        event=StudyEventName.REQUEUED,
+                        detail=_requeued_detail(destination, rows)[:1000],
+                    )
                 )
-            )
-            return int(result.rowcount)  # type: ignore[attr-defined]
+            for dispatch, _study_id, _kind in dead:
+                dispatch.state = DeliveryState.PENDING
+                dispatch.attempts = 0
+                dispatch.next_attempt_at = now
+                dispatch.updated_at = now
+            return len(dead)
+
+
+def _requeued_detail(destination: str, rows: list[tuple[Dispatch, str]]) -> str:
+    """The dead deliveries of one study to one destination in one line, such as
+    ``PACS: 4 objects (sr, sc, summary) after 3 attempts; last error: <error>``."""
+    kinds = ", ".join(dict.fromkeys(kind for _, kind in rows))
+    attempts = sorted({d.attempts for d, _ in rows})
+    tried = str(attempts[0]) if len(attempts) == 1 else f"{attempts[0]} to {attempts[-1]}"
+    latest = max((d for d, _ in rows), key=lambda d: (d.updated_at, d.id))
+    count = f"{len(rows)} object{'' if len(rows) == 1 else 's'}"
+    return (
+        f"{destination}: {count} ({kinds}) after {tried} attempts; "
+        f"last error: {latest.last_error or '-'}"
+    )
 
 
 def _event(delivery: Delivery, now: datetime, event: Event) -> StudyEvent:

@@ -33,7 +33,12 @@ def hex_status(value: int | None) -> str | None:
 
 @dataclass(frozen=True)
 class StudyRow:
-    """One study in the queue's lists; ``study`` is the shortened StudyInstanceUID."""
+    """One study in the queue's lists; ``study`` is the shortened StudyInstanceUID (unique in
+    the database: `studies show` takes it).
+
+    ``first_received_at``: the study's first instance ever; ``opened_at``: the start of the
+    current generation (the first arrival, or the latest re-opening); ``reopened_at``: that
+    re-opening, None while the study is at generation 1."""
 
     study: str
     study_instance_uid: str
@@ -42,7 +47,9 @@ class StudyRow:
     other_objects: int  # instances ignored (not images to analyse)
     state: str
     generation: int
+    first_received_at: datetime | None
     opened_at: datetime | None
+    reopened_at: datetime | None
     last_received_at: datetime | None
     state_changed_at: datetime | None
     reason: str | None
@@ -110,9 +117,12 @@ class Rejections:
 
 @dataclass(frozen=True)
 class QueueReport:
-    """`mura-node status`: the queue at ``generated_at``; counts by state name."""
+    """`mura-node status`: the queue at ``generated_at``; counts by state name.
+
+    ``model_untrained``: the configured model has random weights (results are meaningless)."""
 
     generated_at: datetime
+    model_untrained: bool
     deliveries: Mapping[str, int]
     dead_letters: tuple[DeadLetter, ...]
     after_unanswered: tuple[UnansweredEvent, ...]

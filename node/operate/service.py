@@ -36,6 +36,7 @@ from node.db import database_error_reason, make_engine, safe_url, upgrade_databa
 from node.deliver.retry import Retry
 from node.errors import CheckpointError, DatabaseUnavailable
 from node.operate.retention import purge_delivered
+from node.operate.status import untrained_model
 from node.profiles import load_storage_profile, load_vocabulary
 from node.receive.associations import AssociationLog
 from node.receive.holds import HoldRenewer, hold_interval_s
@@ -126,7 +127,11 @@ class Node:
         self.scheduler.start()
         if self.config.metrics.enabled:  # before the SCP: a peer that can connect can be watched
             self.endpoints = metrics.serve_endpoints(
-                self.config.metrics.host, self.config.metrics.port, self._counts, self._health
+                self.config.metrics.host,
+                self.config.metrics.port,
+                self._counts,
+                self._health,
+                model_untrained=untrained_model(self.config.model),
             )
         self.scp.start()
         self.holds.start()

@@ -1,8 +1,9 @@
 """`mura-node status` and `mura-node studies show`: the reports, read from the database (works
 while `serve` runs) into the typed values of node/operate/reports.py; node/operate/status_view.py draws them.
 
-No patient name, ID or other patient data is read; studies are shown by a shortened
-StudyInstanceUID (the full UID is in ``--json``, for scripts).
+No patient name, ID or other patient data is read; studies are shown by the shortest end of the
+StudyInstanceUID that names one study in the whole database (``…`` and the tail; the full UID is in
+``--json``, for scripts), so that `studies show` finds the study from what `status` printed.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from types import MappingProxyType
 
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Engine, case, func, or_, select
 from sqlalchemy.orm import Session
 
-from node.clock import short_uid
+from node.clock import ELLIPSIS, shown_tail, unique_tails
+from node.config_sections import ModelConfig
 from node.db import Dispatch, IngestRejection, Instance, Result, Study, StudyEvent
 from node.deliver.outbox import AFTER_UNANSWERED
 from node.metrics import state_counts
@@ -39,16 +41,52 @@ from node.states import DeliveryState, StudyState
 WAITING = (StudyState.RECEIVING, StudyState.READY, StudyState.PROCESSING, StudyState.DISPATCHING)
 
 
-def _study_row(study: Study, images: int, others: int) -> StudyRow:
+SHORTEST_TAIL = 6  # characters: the least of a UID's end that `status` shows
+
+
+def _short_names(session: Session, uids: set[str]) -> dict[str, str]:
+    """``{uid: shown name}``: each UID's shortest tail that no other study's UID in the database
+    ends with, starts with or equals (node/clock.py ``unique_tails``), ``…`` before it.
+
+    One query finds every study that ends like a shown one (all that a longer tail can collide
+    with); each further query adds the studies whose UID starts with a chosen tail, until none
+    does. Both are LIKE scans of ``studies``, run once per report."""
+    if not uids:
+        return {}
+    uid = Study.study_instance_uid
+    others = set(
+        session.scalars(
+            select(uid).where(
+                or_(*(uid.endswith(u[-SHORTEST_TAIL:], autoescape=True) for u in uids))
+            )
+        )
+    )
+    while True:
+        tails = unique_tails(uids, others, keep=SHORTEST_TAIL)
+        starting = set(
+            session.scalars(
+                select(uid).where(
+                    or_(*(uid.startswith(t, autoescape=True) for t in set(tails.values())))
+                )
+            )
+        )
+        if starting <= others | uids:
+            return {u: shown_tail(u, tail) for u, tail in tails.items()}
+        others |= starting
+
+
+def _study_row(study: Study, images: int, others: int, names: dict[str, str]) -> StudyRow:
     return StudyRow(
-        study=short_uid(study.study_instance_uid),
+        study=names[study.study_instance_uid],
         study_instance_uid=study.study_instance_uid,
         study_type=study.study_type,
         images=images,
         other_objects=others,
         state=study.state,
         generation=study.generation,
+        first_received_at=study.first_received_at,
         opened_at=study.opened_at,
+        reopened_at=study.opened_at if study.generation > 1 else None,
         last_received_at=study.last_received_at,
         state_changed_at=study.state_changed_at,
         reason=study.reason,
@@ -61,10 +99,14 @@ def collect_status(
     limit: int = 20,
     only_state: str | None = None,
     only_study: str | None = None,
+    model_untrained: bool = False,
 ) -> QueueReport:
     """The queue at ``now``: counts by state, the oldest waiting study, the ``limit`` latest
     studies (only those in state ``only_state`` and whose UID contains ``only_study``, when
-    given), failed studies, dead letters, and what happened in the last 24 hours."""
+    given), failed studies, dead letters, and what happened in the last 24 hours.
+
+    ``model_untrained``: the configured model has random weights (``model.allow_untrained``
+    without ``model.cards``, see :func:`untrained_model`); the report says so first."""
     with Session(engine) as session:
         counts, deliveries = state_counts(session)
         stored, ignored = session.execute(
@@ -129,12 +171,19 @@ def collect_status(
             .order_by(Dispatch.updated_at.desc())
             .limit(limit)
         ).all()
+        names = _short_names(
+            session,
+            {s.study_instance_uid for s in (*recent, *failed)}
+            | {str(row[-1]) for row in (*dead, *after_unanswered)}
+            | ({oldest.study_instance_uid} if oldest else set()),
+        )
         return QueueReport(
             generated_at=now,
+            model_untrained=model_untrained,
             deliveries=MappingProxyType(deliveries),
             dead_letters=tuple(
                 DeadLetter(
-                    study=short_uid(uid),
+                    study=names[uid],
                     study_instance_uid=uid,
                     kind=kind,
                     destination=d.destination,
@@ -145,7 +194,7 @@ def collect_status(
                 for d, kind, uid in dead
             ),
             after_unanswered=tuple(
-                UnansweredEvent(at=e.at, study=short_uid(uid), event=e.event, detail=e.detail)
+                UnansweredEvent(at=e.at, study=names[uid], event=e.event, detail=e.detail)
                 for e, uid in after_unanswered
             ),
             studies_by_state=MappingProxyType(counts),
@@ -153,14 +202,18 @@ def collect_status(
             oldest_waiting=None
             if oldest is None
             else WaitingStudy(
-                study=short_uid(oldest.study_instance_uid),
+                study=names[oldest.study_instance_uid],
                 study_instance_uid=oldest.study_instance_uid,
                 state=oldest.state,
                 since=oldest.opened_at,
                 waiting_s=round((now - oldest.opened_at).total_seconds(), 1),
             ),
-            recent_studies=tuple(_study_row(s, *per_study.get(s.id, (0, 0))) for s in recent),
-            failed_studies=tuple(_study_row(s, *per_study.get(s.id, (0, 0))) for s in failed),
+            recent_studies=tuple(
+                _study_row(s, *per_study.get(s.id, (0, 0)), names) for s in recent
+            ),
+            failed_studies=tuple(
+                _study_row(s, *per_study.get(s.id, (0, 0)), names) for s in failed
+            ),
             rejected_last_24h=Rejections(
                 count=int(rejected),
                 recent=tuple(
@@ -176,18 +229,31 @@ def collect_status(
         )
 
 
+def untrained_model(model: ModelConfig) -> bool:
+    """Whether the configured model runs with random weights: ``model.allow_untrained`` and no
+    ``model.cards`` (the engine is then untrained, node/inference/engine.py, and every result
+    says so). A card always holds trained weights: loading it verifies their SHA-256."""
+    return model.allow_untrained and not model.cards
+
+
 def study_history(engine: Engine, uid_or_prefix: str) -> StudyDetail | AmbiguousStudy | None:
     """Everything the node knows about one study: its row, instances, history, results and
-    deliveries (no patient data). A unique prefix or suffix of the StudyInstanceUID is enough;
-    None when no study matches, the matching UIDs when more than one does."""
+    deliveries (no patient data). The whole StudyInstanceUID, or a prefix or suffix of it that
+    no other study's UID has, such as the name `status` shows (its leading ``…`` is optional);
+    None when no study matches, the matching UIDs when more than one does and none is exactly
+    ``uid_or_prefix``."""
+    fragment = uid_or_prefix.strip().removeprefix(ELLIPSIS).removeprefix("...")
+    uid = Study.study_instance_uid
     with Session(engine) as session:
         matches = session.scalars(
             select(Study).where(
-                (Study.study_instance_uid == uid_or_prefix)
-                | Study.study_instance_uid.startswith(uid_or_prefix)
-                | Study.study_instance_uid.endswith(uid_or_prefix)
+                (uid == fragment)
+                | uid.startswith(fragment, autoescape=True)
+                | uid.endswith(fragment, autoescape=True)
             )
         ).all()
+        exact = [s for s in matches if s.study_instance_uid == fragment]
+        matches = exact or matches
         if len(matches) != 1:
             if not matches:
                 return None

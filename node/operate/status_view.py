@@ -2,6 +2,10 @@
 pipe, JSON for scripts, and the `status --watch` loop. Building them is node/operate/status.py's part.
 
 Times are shown in UTC to the second; the state column is coloured by state on a terminal.
+
+One width rule for every view, once or watching: on a terminal, the terminal's width (a long
+cell wraps inside its column); elsewhere (a pipe, a file, a log collector) no wrapping at all,
+so a reason or an error stays whole on its line for `grep` and for people.
 """
 
 from __future__ import annotations
@@ -66,6 +70,14 @@ def _table(headers: list[str], rows: list[list[str]], state_column: int | None =
     return table
 
 
+def _reopened(first: datetime | None, reopened: datetime | None) -> str:
+    """The re-opening time, with its date only when it differs from the first arrival's."""
+    if reopened is None:
+        return "-"
+    text = _clock(reopened)
+    return text[11:] if first is not None and _clock(first)[:10] == text[:10] else text
+
+
 def _study_table(studies: tuple[StudyRow, ...]) -> Table:
     headers = [
         "STUDY",
@@ -73,7 +85,8 @@ def _study_table(studies: tuple[StudyRow, ...]) -> Table:
         "IMAGES",
         "OTHER",
         "STATE",
-        "OPENED (UTC)",
+        "FIRST ARRIVAL (UTC)",
+        "REOPENED",
         "LAST ARRIVAL",
         "CHANGED",
         "REASON",
@@ -85,7 +98,8 @@ def _study_table(studies: tuple[StudyRow, ...]) -> Table:
             str(s.images),
             str(s.other_objects),
             s.state,
-            _clock(s.opened_at),
+            _clock(s.first_received_at),
+            _reopened(s.first_received_at, s.reopened_at),
             _clock(s.last_received_at)[11:],
             _clock(s.state_changed_at)[11:],
             s.reason or "",
@@ -102,9 +116,16 @@ def status_view(report: QueueReport, database: str) -> Group:
             f"mura-node status at {_clock(report.generated_at)} UTC, database {database}",
             style="bold",
         ),
-        Text(""),
-        Text("Studies by state", style="bold"),
     ]
+    if report.model_untrained:
+        parts.append(
+            Text(
+                "MODEL UNTRAINED: random weights (model.allow_untrained without model.cards); "
+                "results are meaningless, not for diagnosis",
+                style="bold red",
+            )
+        )
+    parts += [Text(""), Text("Studies by state", style="bold")]
     counts = report.studies_by_state
     parts.append(_table(["STATE", "STUDIES"], [[state, str(n)] for state, n in counts.items()], 0))
     instances = report.instances
@@ -262,8 +283,13 @@ def render_history(history: StudyDetail) -> str:
     return as_text(history_view(history))
 
 
-def as_text(view: Group, width: int = 160) -> str:
-    """A view as plain text (for pipes, files and tests)."""
+# Off a terminal nothing wraps: a width no line of a report reaches (rich needs one).
+UNWRAPPED = 100_000
+
+
+def as_text(view: Group, width: int = UNWRAPPED) -> str:
+    """A view as plain text (for pipes, files and tests): no colour, trailing spaces removed,
+    lines wrapped at ``width`` characters (by default not at all)."""
     console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
     console.print(view)
     text = console.file.getvalue()  # type: ignore[attr-defined]
@@ -276,7 +302,9 @@ def print_status(
     """Print the report from ``build()`` once, or every ``watch`` seconds until Ctrl-C.
 
     Once: indented JSON with ``json_output``, tables on a terminal, plain text in a pipe.
-    Watching: one JSON object a line with ``json_output``, else a live table.
+    Watching: one JSON object a line with ``json_output``, a live table on a terminal, else
+    each report in turn as plain text, a blank line between them. Text follows the module's
+    width rule either way.
     """
     if watch is None:
         if json_output:
@@ -287,9 +315,16 @@ def print_status(
             sys.stdout.write(render_status(build(), database))
         return
     with _interrupted() as stop:
-        if json_output:
+        if json_output or not sys.stdout.isatty():
+            separator = ""
             while not stop.is_set():
-                print(json.dumps(as_json(build())), flush=True)
+                report = build()
+                if json_output:
+                    sys.stdout.write(json.dumps(as_json(report)) + "\n")
+                else:
+                    sys.stdout.write(separator + render_status(report, database))
+                    separator = "\n"
+                sys.stdout.flush()
                 stop.wait(watch)
             return
         with Live(console=Console(), auto_refresh=False) as live:

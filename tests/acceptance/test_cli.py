@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,8 @@ def test_serve_queue_status_and_restart(serve: Serve, tmp_path: Path) -> None:
     assert (study["study_type"], study["images"], study["state"]) == ("wrist", 3, "READY")
     assert report["instances"] == {"stored": 3, "ignored": 0}
     assert report["oldest_waiting"]["state"] == "READY"
+    assert report["model_untrained"] is False  # no model is configured: none runs
+    assert study["reopened_at"] is None
 
     filtered = serve.command("status", "--json", "--state", "failed")
     assert json.loads(filtered.stdout)["recent_studies"] == []
@@ -83,6 +86,8 @@ def test_serve_queue_status_and_restart(serve: Serve, tmp_path: Path) -> None:
     assert storescu(serve.port, [late]).returncode == 0
     reopened = serve.status()["recent_studies"][0]
     assert (reopened["state"], reopened["generation"], reopened["images"]) == ("RECEIVING", 2, 4)
+    assert reopened["first_received_at"] == study["first_received_at"]
+    assert reopened["reopened_at"] == reopened["opened_at"] >= study["opened_at"]
     wait_for(ready, what="the re-opened study to become READY again")
     code, output = serve.stop(signal.SIGINT)
     assert code == 0, output
@@ -210,6 +215,9 @@ def test_metrics_and_health_endpoints(serve: Serve, tmp_path: Path) -> None:
     body = wait_for(scraped, what="the worker's metrics")
     assert 'mura_node_instances_received_total{outcome="stored"} 2.0' in body
     assert 'mura_node_studies{state="DONE"} 1.0' in body
+    assert "mura_node_model_untrained 1.0" in body
+    assert serve.status()["model_untrained"] is True
+    assert serve.command("status").stdout.splitlines()[1].startswith("MODEL UNTRAINED: ")
     assert "mura_node_queue_wait_seconds_count 1.0" in body
     code, output = serve.stop()
     assert code == 0, output
@@ -295,3 +303,52 @@ def test_worker_refuses_a_database_without_the_schema(serve: Serve) -> None:
     result = serve.command("worker")
     assert result.returncode == 1
     assert "has no mura-node schema yet" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_db_upgrade_says_what_it_did_and_watch_in_a_pipe_does_not_wrap(
+    serve: Serve, tmp_path: Path
+) -> None:
+    from sqlalchemy.orm import Session
+
+    from node.db import Study, head_revision, make_engine
+
+    created = serve.command("db", "upgrade")
+    assert created.stdout == f"created the database schema at revision {head_revision()}\n"
+    again = serve.command("db", "upgrade")
+    assert again.stdout == f"the database schema is already at revision {head_revision()}\n"
+    url = json.loads(serve.command("config", "show").stdout)["database"]["effective_url"]
+    reason = "input fault: " + " ".join(["image 1 of 1 is abnormally dark"] * 6)
+    engine = make_engine(url)
+    with Session(engine) as session, session.begin():
+        now = datetime.now(UTC)
+        session.add(
+            Study(
+                study_instance_uid="1.2.826.0.1.3680043.8.498.1",
+                state="FAILED",
+                reason=reason,
+                generation=1,
+                first_received_at=now,
+                opened_at=now,
+                last_received_at=now,
+                state_changed_at=now,
+            )
+        )
+    engine.dispose()
+    assert [line for line in serve.command("status").stdout.splitlines() if reason in line]
+    watching = subprocess.Popen(
+        [sys.executable, "-m", "node", "status", "--watch", "0.5", "--config", str(serve.config)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert watching.stdout is not None
+    lines = []
+    for line in watching.stdout:  # a pipe: no terminal, no COLUMNS
+        lines.append(line)
+        if line.startswith("Refused C-STOREs"):  # the end of one report
+            break
+    watching.send_signal(signal.SIGINT)
+    watching.communicate(timeout=60)
+    assert watching.returncode == 0
+    assert lines[0].startswith("mura-node status at ")
+    assert len([line for line in lines if reason in line]) == 2  # recent and failed, whole

@@ -4,7 +4,8 @@ Checked against pynetdicom ``PYNETDICOM_CHECKED`` (pyproject.toml allows 3.x). E
 class below names the pynetdicom behaviour it changes and why; tests/integration/test_pynetdicom_patches.py
 checks that every private attribute, method and signature used here still exists with the shape
 relied on, and runs each patch over a real loopback association, so an upgrade that breaks one
-fails there first. No other module of the node touches a private name of pynetdicom.
+fails there first. No other module of the node touches a private name of pynetdicom except
+node/pynetdicom_titles.py (blank AE titles; kept apart for size).
 
 Receiving (node/receive/scp.py, node/receive/scp_requests.py):
 

@@ -58,6 +58,19 @@ def server_context(config: DicomConfig) -> ssl.SSLContext | None:
     return context
 
 
+def server_description(config: DicomConfig) -> str:
+    """How the SCP's port speaks, for the start-up line: "" (plain DICOM) or
+    " (DICOM TLS only, client certificate required)" and the like."""
+    if not config.tls_certificate:
+        return ""
+    certificates = {
+        "none": "no client certificate asked",
+        "optional": "client certificates verified when given",
+        "required": "client certificate required",
+    }[config.tls_client_certificates]
+    return f" (DICOM TLS only, {certificates})"
+
+
 def client_context(destination: Destination) -> ssl.SSLContext | None:
     """The context for sending to ``destination``, or None when it does not use TLS.
 

@@ -11,6 +11,8 @@ network, and the summary says so plainly.
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -218,7 +220,21 @@ def _summarise(received: list[Path], root: Path, untrained: bool) -> None:
     print(f"  summary (SC)    : {root / 'pacs'}/summary-*.dcm")
     print(f"  previews (PNG)  : {previews}")
     print(f"  node data       : {root / 'node'}")
-    print(f"  its queue       : MURA_NODE_STORAGE__DATA_DIR={root / 'node'} mura-node status")
+    command = mura_node_command()
+    print(f"  its queue       : MURA_NODE_STORAGE__DATA_DIR={root / 'node'} {command} status")
+    if command != "mura-node":
+        print(f'  (`mura-node` alone: export PATH="{Path(command).parent}:$PATH")')
+
+
+def mura_node_command() -> str:
+    """How to run `mura-node` from a shell here: "mura-node" when PATH finds this environment's,
+    else the path of this environment's script (e.g. /srv/mura-node/.venv/bin/mura-node), else
+    "python -m node" with this interpreter's path."""
+    beside = Path(sys.executable).parent / "mura-node"
+    found = shutil.which("mura-node")
+    if found and beside.exists() and Path(found).resolve() == beside.resolve():
+        return "mura-node"
+    return str(beside) if beside.exists() else f"{sys.executable} -m node"
 
 
 def _free_port() -> int:

@@ -45,7 +45,7 @@ from node.receive.scp import StoreSCP
 from node.receive.store_handler import StoreHandler
 from node.stopflag import PipeStop
 from node.storage import FileStore
-from node.tls import client_context
+from node.tls import client_context, server_description
 from node.work.processing import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -139,11 +139,12 @@ class Node:
             self.children = [self._start_child(index) for index in range(len(self.roles))]
         dicom = self.config.dicom
         log.info(
-            "mura-node %s receiving as %s on %s:%d; data in %s; database %s",
+            "mura-node %s receiving as %s on %s:%d%s; data in %s; database %s",
             __version__,
             dicom.ae_title,
             dicom.host,
             self.scp.port,
+            server_description(dicom),
             self.store.root,
             safe_url(self.config.database_url),
         )
@@ -166,9 +167,10 @@ class Node:
 
     def _start_child(self, index: int) -> BaseProcess:
         role = self.roles[index]
+        number = self.roles[: index + 1].count(role)  # "worker 2": the second worker
         process = self.context.Process(
             target=run_child,
-            args=(role, self.config, self.stop_reader),
+            args=(role, self.config, self.stop_reader, f"mura-node {role} {number}"),
             name=f"mura-node-{role}-{index}",
             daemon=False,
         )
@@ -288,11 +290,16 @@ def check_model(model: ModelConfig) -> None:
         verify_weights(load_card(Path(card)))
 
 
-def run_child(role: str, config: Config, stop_reader: Connection) -> None:
+def run_child(role: str, config: Config, stop_reader: Connection, title: str = "") -> None:
     """A worker or dispatcher process: logs like the parent, stops when the parent closes its
-    end of the stop pipe, or dies."""
+    end of the stop pipe, or dies. ``title`` (e.g. "mura-node worker 1") becomes its process
+    title, as `ps` and `top` show it."""
+    from setproctitle import setproctitle
+
     from node.logs import configure_logging
 
+    if title:
+        setproctitle(title)
     configure_logging(config.service)
     # The parent decides when to stop: Ctrl-C and systemd send SIGINT / SIGTERM to the whole
     # process group, and the parent then closes the stop pipe.

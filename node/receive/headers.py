@@ -49,12 +49,15 @@ class Header:
     series_description: str | None
     study_description: str | None
     anatomic_region: str | None = None  # AnatomicRegionSequence's first code, "SCT:14975008"
+    # The file ended before a Pixel Data element (normal for an SR; for an image, truncated or
+    # without pixels). False where it is not known (a deflated data set, no transfer syntax).
+    ends_before_pixel_data: bool = False
 
 
 def read_header(path: Path) -> Header:
     """Parse the data set's header (no pixel data); raise UnreadableDataset on any failure."""
     try:
-        ds = _read_header_dataset(path)
+        ds, ended = _read_header_dataset(path)
         if "SOPClassUID" not in ds:
             # pydicom stops at an element it cannot read and returns what it had, often nothing
             raise UnreadableDataset("cannot parse data set: no SOP Class UID could be read")
@@ -78,6 +81,7 @@ def read_header(path: Path) -> Header:
             series_description=text("SeriesDescription"),
             study_description=text("StudyDescription"),
             anatomic_region=anatomic_region(ds),
+            ends_before_pixel_data=ended,
         )
     except UnreadableDataset:
         raise
@@ -105,25 +109,28 @@ def anatomic_region(ds: Dataset) -> str | None:
         return None
 
 
-def _read_header_dataset(path: Path) -> Dataset:
+def _read_header_dataset(path: Path) -> tuple[Dataset, bool]:
     """The data set up to its pixel data, the file opened and its File Meta parsed once (this
-    runs for every C-STORE). pydicom inflates a deflated data set whole before it reads an
-    element (a deflate bomb of a few hundred kilobytes is gigabytes); here only the first
-    deflate.HEADER_BYTES are inflated, enough for any header (node/deflate.py)."""
+    runs for every C-STORE), and whether the file ended before a Pixel Data element (known for
+    the non-deflated transfer syntaxes only). pydicom inflates a deflated data set whole before
+    it reads an element (a deflate bomb of a few hundred kilobytes is gigabytes); here only the
+    first deflate.HEADER_BYTES are inflated, enough for any header (node/deflate.py)."""
     with path.open("rb") as fp:
         read_preamble(fp, False)
         syntax = _read_file_meta_info(fp).get("TransferSyntaxUID")
         if syntax is None:  # pydicom's reader guesses the encoding
-            return dcmread(path, stop_before_pixels=True)
+            return dcmread(path, stop_before_pixels=True), False
         if syntax == DeflatedExplicitVRLittleEndian:
-            return read_deflated_header(path)
+            return read_deflated_header(path), False
         syntax = UID(syntax)
-        return read_dataset(
+        ds = read_dataset(
             fp,
             syntax.is_implicit_VR,
             syntax.is_little_endian,
             stop_when=lambda tag, _vr, _length: tag in PIXEL_TAGS,
         )
+        # pydicom steps back to the start of the element it stopped at, if any
+        return ds, not fp.read(1)
 
 
 def study_of_partial_data_set(path: Path) -> str | None:
@@ -165,9 +172,24 @@ def study_of_partial_data_set(path: Path) -> str | None:
     return value if is_uid(value) else None
 
 
-def header_of(source: Path, sop_class: str, sop_instance: str) -> Header:
-    """The header, checked against the C-STORE request; raises the node's ingest errors."""
+def header_of(source: Path, sop_class: str, sop_instance: str, *, image: bool = False) -> Header:
+    """The header, checked against the C-STORE request; raises the node's ingest errors.
+
+    ``image``: the SOP class is one the node analyses, whose SeriesInstanceUID is required too. An image whose identifiers are missing,
+    invalid or differ from the request, and whose file ends before its Pixel Data, was cut
+    short (a truncated transfer or file): UnreadableDataset (0xC000), not an identifier error."""
     header = read_header(source)
+    try:
+        return _checked(header, sop_class, sop_instance, image)
+    except (DatasetMismatch, InvalidIdentifier) as exc:
+        if image and header.ends_before_pixel_data:
+            raise UnreadableDataset(
+                f"cannot parse data set: truncated before its Pixel Data; {exc}"
+            ) from None
+        raise
+
+
+def _checked(header: Header, sop_class: str, sop_instance: str, image: bool) -> Header:
     if header.sop_class_uid != sop_class:
         raise DatasetMismatch("SOPClassUID in the data set differs from the request")
     if header.sop_instance_uid != sop_instance:
@@ -177,4 +199,7 @@ def header_of(source: Path, sop_class: str, sop_instance: str) -> Header:
             raise InvalidIdentifier(f"{name} is missing or not a valid UID")
     if header.series_instance_uid is not None and not is_uid(header.series_instance_uid):
         raise InvalidIdentifier("series_instance_uid is not a valid UID")
+    if image and header.series_instance_uid is None:
+        # Type 1 in every image IOD; the results must name the image's series.
+        raise InvalidIdentifier("series_instance_uid is missing")
     return header

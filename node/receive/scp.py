@@ -39,6 +39,7 @@ from node.pynetdicom_patches import (
     set_idle_sleep,
     stream_data_sets_to_disk,
 )
+from node.pynetdicom_titles import blank_titles, decode_blank_titles
 from node.receive.scp_requests import check_requests
 from node.receive.store_handler import StoreHandler
 from node.tls import server_context
@@ -80,12 +81,32 @@ def _remove_partial_data_set(event: evt.Event) -> None:
     discard_partial_data_set(event.assoc)
 
 
-def _on_rejected(event: evt.Event) -> None:
-    log.warning(
-        "association rejected from %s (%s)",
-        event.assoc.requestor.ae_title,
-        event.assoc.requestor.address,
-    )
+# A-ASSOCIATE-RJ (PS3.8 9.3.4): source 1 (service user) and its reasons; source 3 (service
+# provider, presentation related) reason 2. An association rejection is recorded with the rejected
+# C-STOREs (`status`) as (source << 8) | reason, e.g. 0x0107: there is no DIMSE status for it.
+CALLING_NOT_RECOGNISED = (0x01, 0x01, 0x03)
+CALLED_NOT_RECOGNISED = (0x01, 0x01, 0x07)
+LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)
+
+
+def rejection_reason(assoc: Association) -> tuple[tuple[int, int, int] | None, str]:
+    """Why pynetdicom rejected ``assoc`` (its ACSE checks, in its order: the last one found
+    wins): the A-ASSOCIATE-RJ (result, source, reason), or None when not known, and a line."""
+    ae = assoc.ae
+    request = assoc.requestor.primitive
+    called = "" if request is None else str(request.called_ae_title).strip()
+    calling = "" if request is None else str(request.calling_ae_title).strip()
+    active = [a for a in ae.active_associations if a.is_acceptor]
+    if len(active) > ae.maximum_associations:
+        return LOCAL_LIMIT_EXCEEDED, f"too many associations (at most {ae.maximum_associations})"
+    if ae.require_called_aet and called != str(ae.ae_title).strip():
+        return CALLED_NOT_RECOGNISED, f"called AE title {called!r} is not {ae.ae_title!r}"
+    if ae.require_calling_aet and calling not in [t.strip() for t in ae.require_calling_aet]:
+        return (
+            CALLING_NOT_RECOGNISED,
+            f"calling AE title {calling!r} is not in dicom.accepted_calling_ae_titles",
+        )
+    return None, "no reason given (user identity)"
 
 
 class AssociationServer(ThreadedAssociationServer):
@@ -105,6 +126,7 @@ class AssociationServer(ThreadedAssociationServer):
         (node/receive/scp_requests.py) and its PDUs bounded by ``pdu_limit`` bytes."""
         check_requests(assoc)
         bound_pdu_reads(assoc, self.pdu_limit)
+        decode_blank_titles(assoc)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
@@ -147,12 +169,33 @@ class StoreSCP:
         }
         self.server: ThreadedAssociationServer | None = None
 
+    def _reject(
+        self, assoc: Association, calling: str, rsd: tuple[int, int, int] | None, why: str
+    ) -> None:
+        """Log a rejected association with why, and record it for `status` with the
+        A-ASSOCIATE-RJ ``rsd`` (0 when not known) and the calling AE title ("" when blank)."""
+        address = assoc.requestor.address
+        log.warning("association rejected from %s (%s): %s", calling or "?", address, why)
+        status = 0 if rsd is None else (rsd[1] << 8) | rsd[2]
+        self.handler.records.record_rejection(calling, status, f"association rejected: {why}")
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        # pynetdicom has sent the A-ASSOCIATE-RJ; its reason is found again here
+        rsd, why = rejection_reason(event.assoc)
+        self._reject(event.assoc, str(event.assoc.requestor.ae_title).strip(), rsd, why)
+
     def _on_requested(self, event: evt.Event) -> None:
         # pynetdicom's network thread sleeps this long when it finds nothing to do; shorter
         # means less latency per message and more CPU while an association is idle.
         set_idle_sleep(event.assoc, self.config.poll_interval_s)
         request = event.assoc.requestor.primitive
         if request is None:
+            return
+        blank = blank_titles(event.assoc)
+        if blank:
+            # PS3.8 9.3.2: 16 spaces is no AE title (node/pynetdicom_titles.py)
+            rsd = CALLED_NOT_RECOGNISED if blank == ("called",) else CALLING_NOT_RECOGNISED
+            self._refuse(event.assoc, "", rsd, f"{' and '.join(blank)} AE title is blank")
             return
         calling = str(request.calling_ae_title).strip()
         networks = self.peer_networks.get(calling)
@@ -166,16 +209,23 @@ class StoreSCP:
         if not allowed:
             # Rejected permanent, by the service user: calling AE title not recognised
             # (the title is not recognised from this address).
-            log.warning("association rejected: %s is not allowed from %s", calling, address)
-            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
-            event.assoc.kill()
+            why = f"calling AE title {calling!r} is not allowed from this address"
+            self._refuse(event.assoc, calling, CALLING_NOT_RECOGNISED, why)
+
+    def _refuse(
+        self, assoc: Association, calling: str, rsd: tuple[int, int, int], why: str
+    ) -> None:
+        """Reject a requested association with A-ASSOCIATE-RJ ``rsd``; log and record it."""
+        self._reject(assoc, calling, rsd, why)
+        assoc.acse.send_reject(*rsd)
+        assoc.kill()
 
     def start(self) -> None:
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self.handler),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, _on_accepted),
-            (evt.EVT_REJECTED, _on_rejected),
+            (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_ABORTED, _remove_partial_data_set),
             (evt.EVT_CONN_CLOSE, _remove_partial_data_set),
         ]

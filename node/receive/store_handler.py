@@ -9,7 +9,8 @@ C-STORE statuses (also in docs/ingest.md):
         directory's free space is below ``storage.min_free_bytes``, or the file or its database row
         could not be made durable (nothing kept in any case)
 0xA900  the data set's SOPClassUID / SOPInstanceUID differ from the C-STORE request
-0xC000  the data set cannot be parsed
+0xC000  the data set cannot be parsed, or an image's identifiers are missing or differ because
+        its data set ends before the Pixel Data (truncated)
 0xC001  a required identifier (Study, Series or SOP Instance UID in the data set, or the
         request's Affected SOP Class or Instance UID: node/receive/scp_requests.py) is missing or not a UID
 ======  ============================================================================
@@ -205,10 +206,7 @@ class StoreHandler:
         # is durable, and the status is sent only after both.
         durable = None if relative is None else self.pool.submit(self.store.adopt, source, relative)
         try:
-            header = header_of(source, sop_class, sop_instance)
-            if role is Role.ANALYSE and header.series_instance_uid is None:
-                # Type 1 in every image IOD; the results must name the image's series.
-                raise InvalidIdentifier("series_instance_uid is missing")
+            header = header_of(source, sop_class, sop_instance, image=role is Role.ANALYSE)
             self.transfers.storing(event.assoc, header.study_instance_uid)
             record = _record(header, role, str(event.context.transfer_syntax), source, calling)
             same: Callable[[str | None], bool] = (

@@ -50,7 +50,7 @@ from pydicom.uid import generate_uid
 from node import __version__, metrics
 from node.clock import Clock, short_uid, utcnow
 from node.config import Config
-from node.db import make_engine
+from node.db import make_engine, safe_url
 from node.errors import UndecodableImage
 from node.inference.engine import InferenceEngine, StudyResult
 from node.inference.preprocessing import DicomPreprocessor
@@ -389,7 +389,16 @@ def build_worker(config: Config, inference: InferenceEngine, clock: Clock = utcn
 def run_worker_process(config: Config, stop: StopFlag | None = None) -> None:
     """Entry point of a worker process started by `serve` (or `mura-node worker`): loads the
     model, builds the worker's collaborators and runs until ``stop`` is set."""
-    worker = build_worker(config, InferenceEngine.from_config(config.model))
+    inference = InferenceEngine.from_config(config.model)
+    worker = build_worker(config, inference)
+    log.info(
+        "inference worker %d started: %s on %s (%s); queue %s",
+        os.getpid(),
+        ", ".join(f"{c.name} {c.version}" for c in inference.cards) or "UNTRAINED model",
+        inference.device,
+        inference.precision,
+        safe_url(config.database_url),
+    )
     stop = stop or threading.Event()
     try:
         worker.run(stop)

@@ -265,10 +265,41 @@ def test_separate_worker_command_processes_and_stops_on_sigterm(
         output, _ = worker.communicate(timeout=60)
         assert worker.returncode == 0, output
         assert "UNTRAINED" in output and "Traceback" not in output
+        assert f"inference worker {worker.pid} started: UNTRAINED model on cpu (fp32)" in output
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.communicate()
+    code, output = serve.stop()
+    assert code == 0, output
+
+
+def _process_titles(parent: int) -> set[str]:
+    """The command lines (as `ps` shows them) of ``parent``'s child processes."""
+    titles = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == parent:
+                cmdline = (stat.parent / "cmdline").read_bytes()
+                titles.add(cmdline.replace(b"\0", b" ").decode().strip())
+        except (OSError, IndexError, ValueError):  # a process that ended meanwhile
+            continue
+    return titles
+
+
+def test_serve_children_have_process_titles(serve: Serve) -> None:
+    serve.config.write_text(
+        serve.config.read_text().replace("processes = 0", "processes = 1")
+        + "[model]\nallow_untrained = true\n"
+    )
+    serve.start()
+    assert serve.process is not None
+    expected = {"mura-node worker 1", "mura-node dispatcher 1"}
+    wait_for(
+        lambda: _process_titles(serve.process.pid) >= expected,  # type: ignore[union-attr]
+        what=f"child processes titled {sorted(expected)}",
+    )
     code, output = serve.stop()
     assert code == 0, output
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import threading
@@ -15,8 +16,10 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from node.clock import utcnow
 from node.db import IngestRejection, Instance, Study
 from node.operate.service import Node
+from node.operate.status import collect_status
 from tests.support.factory import (
     BASIC_TEXT_SR,
     CR,
@@ -339,10 +342,52 @@ def test_calling_ae_title_allow_list(make_node: Callable[..., Node], tmp_path: P
     assert len(instances(node)) == 1
 
 
-def test_wrong_called_ae_title_is_rejected(make_node: Callable[..., Node], tmp_path: Path) -> None:
+def test_wrong_called_ae_title_is_rejected(
+    make_node: Callable[..., Node], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     node = make_node()
     path = write(make_radiograph(), tmp_path / "a.dcm")
-    result = storescu(node.scp.port, [path], called="SOMEONE_ELSE")
+    with caplog.at_level(logging.WARNING, logger="node.receive.scp"):
+        result = storescu(node.scp.port, [path], called="SOMEONE_ELSE")
     assert result.returncode != 0
     assert "Association Rejected" in result.stderr
+    assert "Called AE Title Not Recognized" in result.stderr
     assert instances(node) == []
+    assert (
+        "association rejected from MODALITY (127.0.0.1): "
+        "called AE title 'SOMEONE_ELSE' is not 'MURA_NODE'"
+    ) in caplog.messages
+    [rejection] = collect_status(node.engine, utcnow()).rejected_last_24h.recent
+    assert (rejection.calling_ae_title, rejection.status) == ("MODALITY", 0x0107)
+
+
+def test_calling_ae_title_not_accepted_is_logged_with_the_reason(
+    make_node: Callable[..., Node], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = make_node(dicom={"accepted_calling_ae_titles": ("PACS",)})
+    path = write(make_radiograph(), tmp_path / "a.dcm")
+    with caplog.at_level(logging.WARNING, logger="node.receive.scp"):
+        assert storescu(node.scp.port, [path], calling="INTRUDER").returncode != 0
+    assert (
+        "association rejected from INTRUDER (127.0.0.1): "
+        "calling AE title 'INTRUDER' is not in dicom.accepted_calling_ae_titles"
+    ) in caplog.messages
+
+
+def test_blank_calling_ae_title_is_rejected_and_shown_in_status(
+    make_node: Callable[..., Node], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = make_node()
+    path = write(make_radiograph(), tmp_path / "a.dcm")
+    with caplog.at_level(logging.INFO):
+        result = storescu(node.scp.port, [path], calling=" " * 16)
+    assert result.returncode != 0
+    assert "Calling AE Title Not Recognized" in result.stderr  # an A-ASSOCIATE-RJ, not an abort
+    assert instances(node) == []
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []  # no traceback
+    assert "association rejected from ? (127.0.0.1): calling AE title is blank" in caplog.messages
+    [rejection] = collect_status(node.engine, utcnow()).rejected_last_24h.recent
+    assert (rejection.calling_ae_title, rejection.status) == ("", 0x0103)
+    assert rejection.reason == "association rejected: calling AE title is blank"
+    # the node keeps serving, and a named sender gets through
+    assert storescu(node.scp.port, [path]).returncode == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import stat
@@ -144,6 +145,22 @@ def test_tls_with_dcmtk_storescu_and_a_client_certificate(
         node.scp.port,
         client_context(certificates.ca, certificates.client_cert, certificates.client_key),
     )
+
+
+def test_start_up_line_says_the_port_speaks_tls(
+    make_node: Callable[..., Node], certificates: Certificates, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="node.operate.service"):
+        node = tls_node(
+            make_node,
+            certificates,
+            tls_client_ca=str(certificates.ca),
+            tls_client_certificates="required",
+        )
+        plain = make_node()
+    [tls_line, plain_line] = [m for m in caplog.messages if " receiving as MURA_NODE on " in m]
+    assert f":{node.scp.port} (DICOM TLS only, client certificate required);" in tls_line
+    assert f":{plain.scp.port};" in plain_line
 
 
 def test_tls_refuses_old_protocols_and_untrusted_servers_are_detected(

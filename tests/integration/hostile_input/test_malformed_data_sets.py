@@ -51,14 +51,20 @@ CASES = [
     refused(
         "truncated-before-study-uid",
         lambda: truncated(lambda b: offset_of(b, 0x0020, 0x000D)),
-        0xC001,
-        "study_instance_uid is missing",
+        0xC000,
+        "cannot parse data set: truncated before its Pixel Data",
+    ),
+    refused(
+        "truncated-before-series-uid",
+        lambda: truncated(lambda b: offset_of(b, 0x0020, 0x000E)),
+        0xC000,
+        "cannot parse data set: truncated before its Pixel Data",
     ),
     refused(
         "truncated-inside-sop-instance-uid",
         lambda: truncated(lambda b: offset_of(b, 0x0008, 0x0018) + 20),
-        0xA900,
-        "SOPInstanceUID in the data set differs",
+        0xC000,
+        "cannot parse data set: truncated before its Pixel Data",
     ),
     failed(
         "truncated-inside-image-module",
@@ -141,8 +147,8 @@ CASES = [
     refused(
         "patient-name-length-past-the-end",  # swallows every element after it
         lambda: length_lie(0x0010, 0x0010, 0xFFFF),
-        0xC001,
-        "study_instance_uid is missing or not a valid UID",
+        0xC000,
+        "cannot parse data set: truncated before its Pixel Data",
     ),
     failed(
         "private-element-length-past-the-end",  # swallows the pixel data

@@ -21,7 +21,6 @@ from datetime import timedelta
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -43,7 +42,7 @@ from node.receive.holds import HoldRenewer, hold_interval_s
 from node.receive.ingest import IngestRecords
 from node.receive.scp import StoreSCP
 from node.receive.store_handler import StoreHandler
-from node.stopflag import PipeStop
+from node.stopflag import PipeStop, StopSignals
 from node.storage import FileStore
 from node.tls import client_context, server_description
 from node.work.processing import WorkQueue
@@ -314,36 +313,6 @@ def run_child(role: str, config: Config, stop_reader: Connection, title: str = "
         from node.deliver.dispatch import run_dispatcher_process
 
         run_dispatcher_process(config, stop)
-
-
-class StopSignals:
-    """SIGINT and SIGTERM, noted by a handler that only appends to a list: a handler that took a
-    lock (an Event's, the logging module's) could interrupt its own thread holding that lock."""
-
-    def __init__(self) -> None:
-        self.received: list[int] = []
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, self._note)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def _note(self, signum: int, _frame: FrameType | None) -> None:
-        self.received.append(signum)
-
-    def wait(self, seconds: float) -> bool:
-        """Sleep up to ``seconds`` (a signal cuts it short); True once a stop was asked for."""
-        if not self.received:
-            time.sleep(seconds)
-        if self.received:
-            log.info("received %s", signal.Signals(self.received[0]).name)
-            return True
-        return False
 
 
 def serve(config: Config) -> int:

@@ -4,7 +4,7 @@ This module is the server: the AE and its presentation contexts, the association
 address checks, partial data sets removed on abort), a threaded server whose TLS handshakes run
 off the accepting thread, and a graceful stop. Each C-STORE goes to node/receive/store_handler.py, whose
 docstring lists the statuses (also in docs/ingest.md). What the node changes in pynetdicom:
-node/pynetdicom_patches.py.
+node/pynetdicom_patches/.
 
 While a data set is still arriving, ``StoreSCP.studies_in_flight`` tells which study it belongs
 to, so that node/receive/holds.py can keep that study from completing before the image is stored.
@@ -33,13 +33,14 @@ from node.errors import ListenError
 from node.profiles import StorageProfile
 from node.pynetdicom_patches import (
     PreparingRequestHandler,
+    blank_titles,
     bound_pdu_reads,
+    decode_blank_titles,
     discard_partial_data_set,
     register_server,
     set_idle_sleep,
     stream_data_sets_to_disk,
 )
-from node.pynetdicom_titles import blank_titles, decode_blank_titles
 from node.receive.scp_requests import check_requests
 from node.receive.store_handler import StoreHandler
 from node.tls import server_context
@@ -193,7 +194,7 @@ class StoreSCP:
             return
         blank = blank_titles(event.assoc)
         if blank:
-            # PS3.8 9.3.2: 16 spaces is no AE title (node/pynetdicom_titles.py)
+            # PS3.8 9.3.2: 16 spaces is no AE title (node/pynetdicom_patches/titles.py)
             rsd = CALLED_NOT_RECOGNISED if blank == ("called",) else CALLING_NOT_RECOGNISED
             self._refuse(event.assoc, "", rsd, f"{' and '.join(blank)} AE title is blank")
             return

@@ -20,7 +20,7 @@ offending value is replaced by a placeholder that pynetdicom accepts, the proble
 the request's Message ID, and the request goes to the Storage service, whose handler asks
 :func:`request_problem` first and refuses. pynetdicom then removes the temporary file as after
 every C-STORE, and the response carries neither placeholder. The mechanism, which reaches into
-pynetdicom's internals, is ``check_store_requests`` in node/pynetdicom_patches.py.
+pynetdicom's internals, is ``check_store_requests`` in node/pynetdicom_patches/.
 """
 
 from __future__ import annotations
@@ -94,5 +94,5 @@ def request_problem(event: evt.Event) -> RequestProblem | None:
 
 def check_requests(assoc: Association) -> None:
     """Make an acceptor association (before it starts) check its C-STORE requests as above
-    (node/pynetdicom_patches.py holds the mechanism)."""
+    (node/pynetdicom_patches/ holds the mechanism)."""
     check_store_requests(assoc, problem_of)

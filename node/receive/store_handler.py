@@ -16,7 +16,7 @@ C-STORE statuses (also in docs/ingest.md):
 ======  ============================================================================
 
 The handler parses the header only (``stop_before_pixels``): no pixel decoding, no inference.
-Data sets arrive in pynetdicom's streamed mode (node/pynetdicom_patches.py
+Data sets arrive in pynetdicom's streamed mode (node/pynetdicom_patches/
 ``stream_data_sets_to_disk``), written to a temporary file instead of memory, so a large image is
 never held whole in memory; the store then adopts that file (see node/storage.py).
 
@@ -86,7 +86,7 @@ class Transfers:
     (the first fragments), that of the last instance stored on the same association.
 
     The message being assembled and its data set's temporary file come from
-    node/pynetdicom_patches.py (`message_being_received`, `data_set_path`). The complete message
+    node/pynetdicom_patches/ (`message_being_received`, `data_set_path`). The complete message
     then waits in the association's queue (milliseconds) for EVT_C_STORE,
     whose handler reports here what it stores (``storing``, ``stored``, ``finished``)."""
 

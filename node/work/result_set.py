@@ -16,7 +16,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from node import __version__
-from node.inference.engine import StudyResult
+from node.config import Config
+from node.inference.engine import InferenceEngine, StudyResult
 from node.results.gsps import build_gsps, label
 from node.results.identity import AlgorithmInfo, NodeIdentity, add_study_level
 from node.results.order import SourcePosition
@@ -26,6 +27,23 @@ from node.results.summary import SummaryContent, build_summary, render_summary
 from node.states import ResultKind
 from node.storage import FileStore
 from node.work.processing import ResultFile
+
+ALGORITHM_NAME = "MURA DenseNet-169"
+
+
+def node_identity(config: Config) -> NodeIdentity:
+    """The node as a device (the results' Contributing Equipment): a UID that stays the same for the same AE title."""
+    return NodeIdentity(
+        device_uid=generate_uid(entropy_srcs=["mura-node device", config.dicom.ae_title]),
+        ae_title=config.dicom.ae_title,
+    )
+
+
+def algorithm_info(inference: InferenceEngine) -> AlgorithmInfo:
+    """The algorithm the results name: its cards' names, versions and hashes, or untrained."""
+    checkpoints = tuple(f"{c.name} {c.version} sha256:{c.sha256}" for c in inference.cards)
+    version = "+".join(c.version for c in inference.cards) or f"untrained-{__version__}"
+    return AlgorithmInfo(ALGORITHM_NAME, version, checkpoints, untrained=inference.untrained)
 
 
 @dataclass(frozen=True)

@@ -45,27 +45,24 @@ import numpy as np
 import torch
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 
-from node import __version__, metrics
+from node import metrics
 from node.clock import Clock, short_uid, utcnow
 from node.config import Config
 from node.db import make_engine, safe_url
 from node.errors import UndecodableImage
 from node.inference.engine import InferenceEngine, StudyResult
 from node.inference.preprocessing import DicomPreprocessor
-from node.results.identity import AlgorithmInfo, NodeIdentity
 from node.results.order import SourcePosition, source_order
 from node.results.sanitise import clean_source, summarise
 from node.states import ResultKind
 from node.stopflag import StopFlag
 from node.storage import FileStore
 from node.work.processing import ClaimedStudy, StudyImage, WorkQueue
-from node.work.result_set import ResultSetWriter, StudyEvidence
+from node.work.result_set import ResultSetWriter, StudyEvidence, algorithm_info, node_identity
 
 log = logging.getLogger(__name__)
 
-ALGORITHM_NAME = "MURA DenseNet-169"
 # A FAILED study's reason starts with who was at fault: the study's images, or the node itself.
 INPUT_FAULT = "input fault"
 NODE_FAULT = "node fault"
@@ -74,20 +71,6 @@ NODE_FAULT = "node fault"
 def node_fault(exc: BaseException) -> str:
     """The FAILED reason for an error of the node's own (not explained by the images)."""
     return f"{NODE_FAULT}: {exc.__class__.__name__}: {exc}"[:440] + " (see the node's log)"
-
-
-def node_identity(config: Config) -> NodeIdentity:
-    """The node as a device: a UID that stays the same for the same AE title."""
-    return NodeIdentity(
-        device_uid=generate_uid(entropy_srcs=["mura-node device", config.dicom.ae_title]),
-        ae_title=config.dicom.ae_title,
-    )
-
-
-def algorithm_info(inference: InferenceEngine) -> AlgorithmInfo:
-    checkpoints = tuple(f"{c.name} {c.version} sha256:{c.sha256}" for c in inference.cards)
-    version = "+".join(c.version for c in inference.cards) or f"untrained-{__version__}"
-    return AlgorithmInfo(ALGORITHM_NAME, version, checkpoints, untrained=inference.untrained)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""node/pynetdicom_patches.py against the installed pynetdicom.
+"""node/pynetdicom_patches/ against the installed pynetdicom.
 
 The first test checks the shape of every private attribute, method and signature the patches rely
 on; the others run each patch over a real loopback association. A failure here after a pynetdicom
@@ -53,7 +53,7 @@ from node.pynetdicom_patches import (
 )
 
 UPGRADE = (
-    f"pynetdicom {pynetdicom.__version__} is installed; node/pynetdicom_patches.py was checked "
+    f"pynetdicom {pynetdicom.__version__} is installed; node/pynetdicom_patches/ was checked "
     f"against pynetdicom {PYNETDICOM_CHECKED}: re-check the patch that relies on this"
 )
 

@@ -1,44 +1,10 @@
-"""Every change the node makes to pynetdicom's behaviour, and every reach into its internals.
-
-Checked against pynetdicom ``PYNETDICOM_CHECKED`` (pyproject.toml allows 3.x). Each function or
-class below names the pynetdicom behaviour it changes and why; tests/integration/test_pynetdicom_patches.py
-checks that every private attribute, method and signature used here still exists with the shape
-relied on, and runs each patch over a real loopback association, so an upgrade that breaks one
-fails there first. No other module of the node touches a private name of pynetdicom except
-node/pynetdicom_titles.py (blank AE titles; kept apart for size).
-
-Receiving (node/receive/scp.py, node/receive/scp_requests.py):
-
-- `stream_data_sets_to_disk`: ``_config.STORE_RECV_CHUNKED_DATASET``;
-- `set_idle_sleep`: the DUL reactor's ``_run_loop_delay``;
-- `message_being_received`, `data_set_path`, `discard_partial_data_set`: the DIMSE message being
-  assembled and its ``_data_set_path`` / ``_data_set_file``;
-- `bound_pdu_reads` (`BoundedSocket`): a ``__class__`` swap of the association's socket;
-- `PreparingRequestHandler`: an override of ``RequestHandler._create_association``;
-- `register_server`: ``AE._servers``;
-- `check_store_requests` (`_CheckedDIMSE`, `_CheckedAssociation`): ``__class__`` swaps of the
-  association and its DIMSE provider, ``Association._serve_request``, ``_accepted_cx``,
-  ``_sent_release``, ``_is_paused``, ``DIMSEMessage.encoded_command_set``; and
-  `ReactorClock`, which stands in for the ``time`` module of ``pynetdicom.association`` so that
-  a checked association's reactor wakes when a message is queued instead of after its fixed
-  1 ms poll (``_run_reactor``'s ``time.sleep(0.001)``; ``DIMSEServiceProvider.msg_queue``);
-  `DULClock`, the same for ``pynetdicom.dul``: its reactor waits for data from the peer or for a
-  response to send (``run_reactor``'s ``time.sleep(self._run_loop_delay)``,
-  ``to_provider_queue``, ``socket.socket``).
-
-Sending (node/deliver/scu.py):
-
-- `ReportingAE` (`ReportingSocket`): overrides of ``AE._create_socket`` and
-  ``AssociationSocket._create_socket``, and reads of ``tls_args`` and ``_is_connected``, to keep
-  why a connection failed.
-"""
+"""The receiving side's changes to pynetdicom (the SCP); see the package's docstring."""
 
 from __future__ import annotations
 
 import logging
 import select
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -60,8 +26,6 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import (
-    T_CONNECT,
-    AddressInformation,
     AssociationSocket,
     RequestHandler,
     ThreadedAssociationServer,
@@ -330,71 +294,3 @@ def check_store_requests(assoc: Association, inspect: Inspect) -> None:
 def held_problem(request: object) -> object | None:
     """The problem `check_store_requests` set on a C-STORE request, or None."""
     return getattr(request, PROBLEM_ATTRIBUTE, None)
-
-
-# -- the SCU: why a connection failed ------------------------------------------------------
-
-
-class _RemembersConnectError:
-    """A socket mixin that remembers why connect() failed (for TLS, connect() includes the
-    handshake)."""
-
-    connect_error: OSError | None = None
-
-    def connect(self, address: Any) -> None:
-        try:
-            super().connect(address)  # type: ignore[misc]
-        except OSError as exc:
-            self.connect_error = exc
-            raise
-
-
-class _Socket(_RemembersConnectError, socket.socket):
-    """A TCP socket that remembers why connect() failed."""
-
-
-class _TLSSocket(_RemembersConnectError, ssl.SSLSocket):
-    """The same for TLS."""
-
-
-class ReportingSocket(AssociationSocket):
-    """The SCU's association socket. pynetdicom logs why a connection failed and drops it; this
-    one keeps it (``connect_error``) and whether a connection was ever made (``connected``).
-    Relies on ``AssociationSocket._create_socket``, ``tls_args`` and ``_is_connected``."""
-
-    connect_error: OSError | None = None
-    connected = False  # whether the connection was ever made (it may be closed again by now)
-
-    def _create_socket(self, address: AddressInformation) -> socket.socket:
-        plain = super()._create_socket(address)  # bound, with the network timeout
-        timeout = plain.gettimeout()
-        sock = _Socket(plain.family, plain.type, plain.proto, fileno=plain.detach())
-        sock.settimeout(timeout)
-        return sock
-
-    def connect(self, primitive: T_CONNECT) -> None:
-        attempted = self.socket
-        if self.tls_args and attempted is not None:
-            context, hostname = self.tls_args
-            context.sslsocket_class = _TLSSocket
-            attempted = context.wrap_socket(attempted, server_side=False, server_hostname=hostname)
-            self.socket, self.tls_args = attempted, None  # pynetdicom connects what it finds
-        super().connect(primitive)
-        self.connected = self._is_connected
-        if not self.connected:
-            self.connect_error = getattr(attempted, "connect_error", None)
-
-
-class ReportingAE(AE):
-    """An AE whose requested associations use `ReportingSocket` (overrides the private
-    ``AE._create_socket``)."""
-
-    def _create_socket(
-        self,
-        assoc: Association,
-        address: AddressInformation,
-        tls_args: tuple[ssl.SSLContext, str] | None,
-    ) -> AssociationSocket:
-        sock = ReportingSocket(assoc, address=address)
-        sock.tls_args = tls_args
-        return sock

@@ -8,7 +8,7 @@ lets the request through with a stand-in title and marks the association, so tha
 rejects it with A-ASSOCIATE-RJ "calling (or called) AE title not recognised" and records why
 (node/receive/scp.py).
 
-A companion of node/pynetdicom_patches.py, held apart for its size: it reaches into
+Part of node/pynetdicom_patches/: it reaches into
 ``DULServiceProvider._decode_pdu`` (an attribute of the association's DUL, set per association),
 and tests/integration/test_scp.py runs it over real associations.
 """

@@ -26,14 +26,16 @@ NOISE_SD = 12.0  # grey levels (8-bit)
 LESION_CONTRAST = 60.0  # grey levels added inside the lesion, 5 noise standard deviations
 
 
-def _image(rng: np.random.Generator, size: int, lesion: bool) -> np.ndarray:
+def _image(
+    rng: np.random.Generator, size: int, lesion: bool, contrast: float, radius: float
+) -> np.ndarray:
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
     image = rng.normal(40, NOISE_SD, (size, size)).astype(np.float32)
     centre = size / 2 + rng.uniform(-size / 8, size / 8)
     image[np.abs(x - centre) < size / 10] += 110  # the bone
     if lesion:
         cy, cx = rng.uniform(size * 0.2, size * 0.8, 2)
-        image[(x - cx) ** 2 + (y - cy) ** 2 < (size / 14) ** 2] += LESION_CONTRAST
+        image[(x - cx) ** 2 + (y - cy) ** 2 < (size * radius) ** 2] += contrast
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
@@ -44,11 +46,14 @@ def make_dataset(
     size: int = 64,
     seed: int = 0,
     label_noise: float = 0.15,
+    lesion_contrast: float = LESION_CONTRAST,
+    lesion_radius: float = 1 / 14,
 ) -> Path:
     """Write ``root/MURA-v1.1`` with a train split of ``studies_per_type`` studies per MURA study
     type and a valid split of half as many (at least 2); return that folder.
 
-    Half the studies of each type show a lesion; ``round(label_noise * studies)`` studies of each
+    Half the studies of each type show a lesion (``lesion_contrast`` grey levels, radius
+    ``lesion_radius * size``); ``round(label_noise * studies)`` studies of each
     split, drawn with ``seed``, carry the opposite label. Raises ValueError for a count below 1, a
     ``size`` below 16 pixels or a ``label_noise`` outside [0, 0.5).
     """
@@ -76,7 +81,9 @@ def make_dataset(
                 for number in range(1, images_per_study + 1):
                     path = root / folder / f"image{number}.png"
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(_image(rng, size, lesion)).save(path)
+                    Image.fromarray(_image(rng, size, lesion, lesion_contrast, lesion_radius)).save(
+                        path
+                    )
                     image_rows.append([f"{folder}image{number}.png"])
         for name, rows in (
             (f"{split}_image_paths.csv", image_rows),

@@ -13,7 +13,8 @@ Commands (each a function in node/commands.py, looked up in ``COMMANDS``):
 - ``model pack``: turn a state dict into safetensors weights and a model card;
 - ``config show``: print the effective configuration;
 - ``train``: train DenseNet-169 checkpoints with the MURA recipe;
-- ``evaluate``: study-level kappa, AUROC, sensitivity and specificity of model cards.
+- ``evaluate``: study-level kappa, AUROC, sensitivity and specificity of model cards;
+- ``synth OUT``: write a small synthetic MURA-layout data set for trying ``train`` and ``evaluate``.
 
 Exit statuses: 0 success, 1 runtime failure (message on stderr), 2 invalid configuration or usage.
 Logging is configured here and nowhere else.
@@ -29,14 +30,7 @@ from pathlib import Path
 from node import __version__
 from node.commands import COMMANDS, fail
 from node.config import load_config
-from node.errors import (
-    CheckpointError,
-    ConfigError,
-    DatabaseUnavailable,
-    ListenError,
-    ProfileError,
-    SchemaError,
-)
+from node.errors import ConfigError, MuraNodeError, ProfileError, UsageError
 from node.logs import configure_logging
 
 log = logging.getLogger("node")
@@ -125,6 +119,24 @@ def _parser() -> argparse.ArgumentParser:
         metavar="CSV",
         help="choose per-study-type thresholds on this (validation) split and write them into the cards",
     )
+    synth = commands.add_parser(
+        "synth",
+        parents=[common],
+        help="write a small synthetic MURA-layout data set (OUT/MURA-v1.1) for train and evaluate",
+    )
+    synth.add_argument("out", type=Path, metavar="OUT", help="folder to write MURA-v1.1 into")
+    synth.add_argument(
+        "--studies", type=int, default=20, help="training studies per study type (default 20)"
+    )
+    synth.add_argument("--images", type=int, default=2, help="images per study (default 2)")
+    synth.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument(
+        "--label-noise",
+        type=float,
+        default=0.15,
+        help="share of studies labelled against their images (default 0.15)",
+    )
     commands.add_parser(
         "worker", parents=[common], help="run an inference worker only (e.g. on a GPU machine)"
     )
@@ -164,7 +176,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (see the module's docstring)."""
+    """Run one command; returns the exit status (see the module's docstring).
+
+    Every expected failure ends here as one line on stderr: the node's own errors (``MuraNodeError``
+    and its kinds), a file that cannot be read or written (``OSError``), a database that refuses
+    (SQLAlchemy's errors, with the reason only). A traceback means a bug."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     args = _parser().parse_args(argv)
     try:
         config = load_config(args.config)
@@ -177,9 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(args, config)
     except (ConfigError, ProfileError) as exc:
         return fail(f"configuration error: {exc}", 2)
-    except (SchemaError, ListenError, DatabaseUnavailable, CheckpointError) as exc:
+    except UsageError as exc:
+        return fail(str(exc), 2)
+    except MuraNodeError as exc:
         return fail(str(exc), 1)
     except OSError as exc:
         return fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), 1)
+    except SQLAlchemyError as exc:
+        from node.db import database_error_reason, safe_url
+
+        return fail(f"database {safe_url(config.database_url)}: {database_error_reason(exc)}", 1)
     except KeyboardInterrupt:
         return 130

@@ -20,14 +20,16 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from node.config import Config
-from node.errors import SchemaError
+from node.errors import SchemaError, UsageError
 
 Command = Callable[[argparse.Namespace, Config], int]
 
 
 def fail(message: str, status: int) -> int:
-    """Print ``mura-node: <message>`` on stderr; returns ``status``."""
-    print(f"mura-node: {message}", file=sys.stderr)
+    """Print ``mura-node: <message>`` on stderr as one line (a message of several lines is joined
+    with "; "); returns ``status``."""
+    text = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+    print(f"mura-node: {text}", file=sys.stderr)
     return status
 
 
@@ -54,8 +56,26 @@ def demo(args: argparse.Namespace, config: Config) -> int:
 
 def train(args: argparse.Namespace, config: Config) -> int:
     """`train`: DenseNet-169 checkpoints with the MURA recipe; prints the model cards made."""
+    from node.inference.engine import resolve_device
     from node.training.recipe import TrainSettings, train
 
+    for option, value, least in (
+        ("--epochs", args.epochs, 1),
+        ("--batch-size", args.batch_size, 1),
+        ("--image-size", args.image_size, 32),
+        ("--workers", args.workers, 0),
+        ("--ensemble", args.ensemble, 1),
+    ):
+        if value < least:
+            raise UsageError(f"{option} must be at least {least}, not {value}")
+    if not args.learning_rate > 0:
+        raise UsageError(f"--learning-rate must be greater than 0, not {args.learning_rate}")
+    try:
+        resolve_device(args.device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {args.device}: {exc}") from None
+    if not args.data.is_dir():
+        raise UsageError(f"--data {args.data}: no such folder (the MURA-v1.1 folder)")
     cards = train(
         TrainSettings(
             train_csv=args.train_csv or args.data / "train_image_paths.csv",
@@ -87,6 +107,34 @@ def evaluate(args: argparse.Namespace, config: Config) -> int:
         args.cards, args.split, args.out, args.root, threshold_split=args.choose_thresholds_on
     )
     print(markdown_table(report), end="")
+    return 0
+
+
+def synth(args: argparse.Namespace, config: Config) -> int:
+    """`synth OUT`: a small synthetic MURA-layout data set; prints the commands that use it."""
+    from node.training.synthetic import make_dataset
+
+    if args.out.exists() and (args.out / "MURA-v1.1").exists():
+        raise UsageError(f"{args.out / 'MURA-v1.1'} exists already; give an empty or new folder")
+    try:
+        base = make_dataset(
+            args.out,
+            studies_per_type=args.studies,
+            images_per_study=args.images,
+            size=args.size,
+            seed=args.seed,
+            label_noise=args.label_noise,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    studies = sum(1 for _ in (base / "train_labeled_studies.csv").open())
+    valid = sum(1 for _ in (base / "valid_labeled_studies.csv").open())
+    print(f"wrote {base}: {studies} training and {valid} validation studies")
+    print(f"train:    mura-node train --data {base} --out runs/synth --image-size {args.size}")
+    print(
+        f"evaluate: mura-node evaluate --split {base / 'valid_image_paths.csv'} "
+        "--cards runs/synth/models/*.toml --out runs/synth/valid"
+    )
     return 0
 
 
@@ -173,6 +221,8 @@ def model_pack(args: argparse.Namespace, config: Config) -> int:
     """`model pack`: a state dict as safetensors weights and a model card."""
     from node.inference.cards import pack_checkpoint, read_state_dict
 
+    if not 32 <= args.input_size <= 2048:
+        raise UsageError(f"--input-size must be from 32 to 2048 pixels, not {args.input_size}")
     card = pack_checkpoint(
         read_state_dict(args.weights),
         args.out,
@@ -234,6 +284,7 @@ COMMANDS: Mapping[str, Command] = MappingProxyType(
         "demo": demo,
         "train": train,
         "evaluate": evaluate,
+        "synth": synth,
         "retry": retry,
         "status": status,
         "studies show": studies_show,

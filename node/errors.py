@@ -47,3 +47,9 @@ class UndecodableImage(MuraNodeError):
 
 class CheckpointError(MuraNodeError):
     """A model card or checkpoint that is missing, malformed, or does not match its hash."""
+
+
+class UsageError(MuraNodeError, ValueError):
+    """A command given something it cannot use: a missing or malformed input file (a split CSV,
+    a card), conflicting options, a value out of range. The message says what and where; the
+    command line prints it as one line and exits with status 2."""

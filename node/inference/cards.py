@@ -102,6 +102,10 @@ def load_card(path: Path) -> ModelCard:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise CheckpointError(f"cannot read model card {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(
+            f"model card {path} is not a text (TOML) file; give the card, not the weights"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise CheckpointError(f"model card {path} is not valid TOML: {exc}") from None
 
@@ -167,9 +171,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return dict(load_file(str(path), device="cpu"))
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(
-            f"cannot read weights {path}: {exc.__class__.__name__}: {exc}"
-        ) from None
+        reason = f"{exc.__class__.__name__}: {exc}".splitlines()[0]
+        raise CheckpointError(f"cannot read weights {path}: {reason}") from None
     if (
         isinstance(loaded, dict)
         and "state_dict" in loaded

@@ -10,7 +10,6 @@ header. A split can also be any CSV of image paths of the same shape (own data).
 from __future__ import annotations
 
 import csv
-import math
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from node.errors import UsageError
 from node.inference.imaging import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -65,10 +65,10 @@ def read_split(csv_path: Path, root: Path | None = None) -> list[ImageRecord]:
             try:
                 study, study_type, label = parse_image_path(row[0].strip())
             except ValueError as exc:
-                raise ValueError(f"{csv_path}:{line_number}: {exc}") from None
+                raise UsageError(f"{csv_path}:{line_number}: {exc}") from None
             records.append(ImageRecord(root / row[0].strip(), study, study_type, label))
     if not records:
-        raise ValueError(f"{csv_path}: no images")
+        raise UsageError(f"{csv_path}: no images")
     return records
 
 
@@ -125,11 +125,3 @@ class MuraImages(Dataset[tuple[torch.Tensor, int, int]]):
             tensor = TF.horizontal_flip(tensor)
         angle = float(torch.empty(()).uniform_(-30, 30))
         return TF.rotate(tensor, angle, fill=self.black.tolist())
-
-
-def kappa_interval(kappa: float, observed: float, expected: float, n: int) -> tuple[float, float]:
-    """95 % confidence interval of Cohen's kappa (large-sample standard error)."""
-    if n == 0 or expected >= 1:
-        return (math.nan, math.nan)
-    se = math.sqrt(max(observed * (1 - observed), 0.0) / (n * (1 - expected) ** 2))
-    return (kappa - 1.96 * se, kappa + 1.96 * se)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from node.config import ModelConfig
+from node.errors import UsageError
 from node.inference.engine import InferenceEngine
 from node.inference.imaging import dicom_file_to_tensor, png_file_to_tensor
 from node.training.data import ImageRecord, read_split
@@ -76,12 +77,19 @@ def evaluate_split(
 ) -> dict[str, Any]:
     """Score the ensemble of ``cards`` on ``split_csv``; write report.md, report.json, roc.png and
     calibration.png to ``out``. With ``threshold_split``, per-study-type thresholds are first chosen
-    on that (validation) split, never on the reported one, and written into the cards."""
+    on that (validation) split, never on the reported one, and written into the cards.
+
+    Raises UsageError for the same split twice or a CSV that is not a MURA-layout split,
+    CheckpointError for a card that cannot be used, OSError for an image or folder that cannot be
+    read or written."""
+    if threshold_split is not None and threshold_split.resolve() == split_csv.resolve():
+        raise UsageError(
+            f"--choose-thresholds-on {threshold_split}: thresholds must be chosen on another "
+            "split than the one reported (--split), e.g. the validation split"
+        )
     engine = InferenceEngine.from_config(ModelConfig(cards=tuple(cards), device=device))
     chosen = None
     if threshold_split is not None:
-        if threshold_split.resolve() == split_csv.resolve():
-            raise ValueError("thresholds must be chosen on another split than the one reported")
         tuning = read_split(threshold_split, root)
         chosen = choose_thresholds(study_predictions(tuning, predict_split(engine, tuning)))
         for card in engine.cards:

@@ -32,6 +32,7 @@ from node.commands import COMMANDS, fail
 from node.config import load_config
 from node.errors import ConfigError, MuraNodeError, ProfileError, UsageError
 from node.logs import configure_logging
+from node.states import StudyState
 
 log = logging.getLogger("node")
 
@@ -55,7 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     status = commands.add_parser("status", parents=[common], help="show the study queue")
     status.add_argument("--json", action="store_true", help="print one JSON object for scripts")
-    status.add_argument("--state", help="list only studies in this state (e.g. FAILED, READY)")
+    status.add_argument(
+        "--state",
+        type=str.upper,
+        choices=[state.value for state in StudyState],
+        help="list only studies in this state (e.g. FAILED, READY)",
+    )
     status.add_argument("--study", help="list only studies whose UID contains this text")
     status.add_argument(
         "--limit", type=int, default=20, help="how many recent studies to list (default 20)"

@@ -66,6 +66,7 @@ ARGPARSE_MISTAKES = [
     "train --data data --out run --epochs many",
     "synth",
     "status --limit lots",
+    "status --state BOGUS",
     "model",
 ]
 

@@ -11,7 +11,6 @@ from pydicom.uid import generate_uid
 from node.inference.engine import InferenceEngine
 from tests.support.factory import DX_PRESENTATION, IMAGE_PIXEL_KEYWORDS
 from tests.support.hostile import (
-    NO_STATUS,
     Case,
     explicit_sent_as_implicit,
     failed,
@@ -19,7 +18,6 @@ from tests.support.hostile import (
     length_lie,
     of,
     offset_of,
-    part10,
     plain_bytes_claiming_deflate,
     radiograph,
     refused,
@@ -30,18 +28,8 @@ from tests.support.hostile import (
     without,
 )
 from tests.support.hostile_node import (
-    FAILED_PREFIX,
-    MEMORY_BOUND,
-    PeakMemory,
     Running,
-    assert_files_in_place,
-    assert_still_serving,
-    expected_thread_deaths,
-    instance,
-    process,
-    rejections,
-    send,
-    study,
+    check_case,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom.*")
@@ -207,45 +195,4 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_hostile_input(case: Case, battery: Running, engine: InferenceEngine) -> None:
-    running, node = battery, battery.node
-    hostile = case.build()
-    path = running.inputs / f"{case.name}.dcm"
-    path.write_bytes(part10(hostile))
-    files_before = set(node.store.instances.rglob("*.dcm"))
-    with PeakMemory() as memory, expected_thread_deaths(case.status == NO_STATUS):
-        status, comment = send(node.scp.port, path, hostile.sop_class, hostile.syntax)
-        assert status == case.status, comment
-        if case.status not in (0x0000, NO_STATUS):
-            assert case.says in comment
-            assert any(s == status and r.startswith(comment) for s, r in rejections(node))
-        stored = instance(node, hostile.sop_instance) if hostile.sop_instance else None
-        if status != 0x0000:
-            assert stored is None
-        else:
-            assert stored is not None
-            if case.outcome is None:  # an object of an ignored class: recorded, not kept
-                assert (stored.role, stored.file_path) == ("ignore", None)
-            else:
-                process(running, engine)
-                result = study(node, stored.study_id)
-                assert result.state == case.outcome, result.reason
-                if case.outcome == "FAILED":
-                    assert result.reason.startswith(FAILED_PREFIX), result.reason
-                    assert case.says in result.reason, result.reason
-    if case.outcome != "DONE":  # running the model itself may take more than the bound
-        assert memory.growth < MEMORY_BOUND, f"peak memory grew by {memory.growth >> 20} MiB"
-    assert set(node.store.instances.rglob("*.dcm")) - files_before == (
-        {node.store.path_of(str(stored.file_path))}
-        if status == 0x0000 and stored is not None and stored.file_path
-        else set()
-    )
-    if status == NO_STATUS:
-        assert len(set(node.store.instances.rglob("*.dcm")) - files_before) == 0
-        # pynetdicom's leftover (see the case): empty, in the data directory's tmp/, and gone
-        # after a restart (FileStore.prepare empties tmp/). Removing it sooner needs node/receive/scp.py
-        # to delete files in tmp/ that no live association is writing (a periodic sweep).
-        leftovers = list(node.store.tmp.iterdir())
-        assert all(p.stat().st_size == 0 for p in leftovers), leftovers
-        node.store.prepare()
-    assert_still_serving(running)
-    assert_files_in_place(running)
+    check_case(case, battery, engine)

@@ -25,7 +25,6 @@ from node.operate.service import Node
 from node.work.worker import build_worker
 from tests.support.factory import storescu, write
 from tests.support.hostile import (
-    NO_STATUS,
     Case,
     broken_items,
     broken_voi_lut,
@@ -35,7 +34,6 @@ from tests.support.hostile import (
     jpeg_declaring,
     jpeg_lossless,
     long_pixels,
-    part10,
     radiograph,
     raw_bytes_claiming_jpeg2000,
     rle_bomb,
@@ -45,16 +43,10 @@ from tests.support.hostile import (
 )
 from tests.support.hostile_node import (
     FAILED_PREFIX,
-    MEMORY_BOUND,
     PeakMemory,
     Running,
-    assert_files_in_place,
-    assert_still_serving,
-    expected_thread_deaths,
+    check_case,
     instance,
-    process,
-    rejections,
-    send,
     study,
 )
 from tests.support.nodes import FakeClock
@@ -133,48 +125,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_hostile_input(case: Case, battery: Running, engine: InferenceEngine) -> None:
-    running, node = battery, battery.node
-    hostile = case.build()
-    path = running.inputs / f"{case.name}.dcm"
-    path.write_bytes(part10(hostile))
-    files_before = set(node.store.instances.rglob("*.dcm"))
-    with PeakMemory() as memory, expected_thread_deaths(case.status == NO_STATUS):
-        status, comment = send(node.scp.port, path, hostile.sop_class, hostile.syntax)
-        assert status == case.status, comment
-        if case.status not in (0x0000, NO_STATUS):
-            assert case.says in comment
-            assert any(s == status and r.startswith(comment) for s, r in rejections(node))
-        stored = instance(node, hostile.sop_instance) if hostile.sop_instance else None
-        if status != 0x0000:
-            assert stored is None
-        else:
-            assert stored is not None
-            if case.outcome is None:  # an object of an ignored class: recorded, not kept
-                assert (stored.role, stored.file_path) == ("ignore", None)
-            else:
-                process(running, engine)
-                result = study(node, stored.study_id)
-                assert result.state == case.outcome, result.reason
-                if case.outcome == "FAILED":
-                    assert result.reason.startswith(FAILED_PREFIX), result.reason
-                    assert case.says in result.reason, result.reason
-    if case.outcome != "DONE":  # running the model itself may take more than the bound
-        assert memory.growth < MEMORY_BOUND, f"peak memory grew by {memory.growth >> 20} MiB"
-    assert set(node.store.instances.rglob("*.dcm")) - files_before == (
-        {node.store.path_of(str(stored.file_path))}
-        if status == 0x0000 and stored is not None and stored.file_path
-        else set()
-    )
-    if status == NO_STATUS:
-        assert len(set(node.store.instances.rglob("*.dcm")) - files_before) == 0
-        # pynetdicom's leftover (see the case): empty, in the data directory's tmp/, and gone
-        # after a restart (FileStore.prepare empties tmp/). Removing it sooner needs node/receive/scp.py
-        # to delete files in tmp/ that no live association is writing (a periodic sweep).
-        leftovers = list(node.store.tmp.iterdir())
-        assert all(p.stat().st_size == 0 for p in leftovers), leftovers
-        node.store.prepare()
-    assert_still_serving(running)
-    assert_files_in_place(running)
+    check_case(case, battery, engine)
 
 
 def test_decoding_refuses_images_above_max_image_pixels_before_decoding(

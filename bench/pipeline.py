@@ -1,8 +1,9 @@
 """End-to-end throughput and latency: a burst of studies through `mura-node serve` into Orthanc.
 
 A real Orthanc (loopback) is the destination; dcmtk's storescu sends ``--studies`` studies of
-three 512 x 512 CR images each, one association per study, as fast as it can; `serve` runs with one
-worker process and the untrained model (speed does not depend on the weights).
+three 512 x 512 CR images each, one association per study, as fast as it can; `serve` runs with
+``--workers`` worker processes (1, the node's default; each runs the model on its share of the
+cores) and the untrained model (speed does not depend on the weights).
 
 Reported, in the same run:
 (a) node throughput: images per second from the first study becoming READY to the last study's
@@ -18,7 +19,7 @@ storescu sends one study after the other, and a study is READY a quiet period af
 image, so the node cannot finish before the last study arrives; when that spread exceeds the
 engine's time for the whole burst, (a) measures arrival as much as the node.
 
-    .venv/bin/python -m bench.pipeline --studies 8 --rounds 3
+    .venv/bin/python -m bench.pipeline --studies 8 --rounds 3 [--workers 2]
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ tick_interval_s = 0.1
 [model]
 allow_untrained = true
 [worker]
+processes = {workers}
 poll_interval_s = 0.1
 [dispatch]
 poll_interval_s = 0.1
@@ -122,6 +124,13 @@ def main() -> None:
     )
     parser.add_argument("--studies", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes of the node (default 1, the node's default); each runs the model "
+        "on its share of the cores",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mura-bench-pipeline-") as tmp:
         root = Path(tmp)
@@ -150,6 +159,7 @@ def main() -> None:
                 data=root / "data",
                 ae_title=orthanc.ae_title,
                 orthanc_port=orthanc.dicom_port,
+                workers=args.workers,
             )
         )
         serve = subprocess.Popen(
@@ -191,8 +201,9 @@ def main() -> None:
 
         images = 3 * args.studies
         print(
-            f"{args.studies} studies x 3 CR images of 512 x 512, one worker process, untrained "
-            f"model, CPU, {args.rounds} round(s) of engine alone then node"
+            f"{args.studies} studies x 3 CR images of 512 x 512, {args.workers} worker "
+            f"process(es), untrained model, CPU, {args.rounds} round(s) of engine alone "
+            f"({torch.get_num_threads()} threads) then node"
         )
         print("round  engine img/s  node img/s  node/engine  READY first to last  engine time")
         ratios = []

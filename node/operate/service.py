@@ -308,7 +308,7 @@ def run_child(role: str, config: Config, stop_reader: Connection, title: str = "
     if role == "worker":
         from node.work.worker import run_worker_process
 
-        run_worker_process(config, stop)
+        run_worker_process(config, stop, workers=config.worker.processes)
     else:
         from node.deliver.dispatch import run_dispatcher_process
 

@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import numpy as np
@@ -369,16 +369,41 @@ def build_worker(config: Config, inference: InferenceEngine, clock: Clock = utcn
     )
 
 
-def run_worker_process(config: Config, stop: StopFlag | None = None) -> None:
-    """Entry point of a worker process started by `serve` (or `mura-node worker`): loads the
-    model, builds the worker's collaborators and runs until ``stop`` is set."""
-    inference = InferenceEngine.from_config(config.model)
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the system tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cpu_threads_per_worker(configured: int, workers: int, cores: int) -> int:
+    """The model's CPU threads in each of ``workers`` worker processes on one machine: as
+    configured (``model.cpu_threads``), or with 0 the ``cores`` shared out among the workers,
+    at least one each. PyTorch's own default, one thread per core in every process, would run
+    ``workers`` x ``cores`` threads: each forward pass's threads then wait for one another
+    whenever one of them loses its core, and all slow down far more than in proportion
+    (docs/performance.md, "Worker processes on the CPU")."""
+    if configured > 0:
+        return configured
+    return max(1, cores // max(1, workers))
+
+
+def run_worker_process(config: Config, stop: StopFlag | None = None, workers: int = 1) -> None:
+    """Entry point of a worker process, one of ``workers`` on this machine (`serve` starts
+    ``worker.processes``; `mura-node worker` is one): loads the model, with the CPU cores shared
+    out among the workers (`cpu_threads_per_worker`), builds the worker's collaborators and runs
+    until ``stop`` is set."""
+    threads = cpu_threads_per_worker(config.model.cpu_threads, workers, available_cores())
+    inference = InferenceEngine.from_config(replace(config.model, cpu_threads=threads))
     worker = build_worker(config, inference)
     log.info(
         "inference worker %d started: %s on %s (%s); queue %s",
         os.getpid(),
         ", ".join(f"{c.name} {c.version}" for c in inference.cards) or "UNTRAINED model",
-        inference.device,
+        f"cpu, {torch.get_num_threads()} thread(s)"
+        if inference.device.type == "cpu"
+        else inference.device,
         inference.precision,
         safe_url(config.database_url),
     )

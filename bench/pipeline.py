@@ -14,6 +14,11 @@ Reported, in the same run:
 (b) latency per study from READY to its SR acknowledged by Orthanc, against the engine's time for
     that study's images + 1 s (the median round).
 
+Each round also prints the CPU seconds that `serve` (the SCP and the completion scheduler), each
+of its child processes (workers, dispatcher) and Orthanc used from the first storescu of the
+burst to the last result in Orthanc, against the engine's own in the bare run: on a machine where
+the model alone keeps every core busy, every other CPU second lengthens the burst.
+
 Each round also prints how far apart the first and the last study of the burst became READY:
 storescu sends one study after the other, and a study is READY a quiet period after its last
 image, so the node cannot finish before the last study arrives; when that spread exceeds the
@@ -25,6 +30,7 @@ engine's time for the whole burst, (a) measures arrival as much as the node.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import statistics
 import subprocess
@@ -74,21 +80,53 @@ objects = ["sr", "sc"]
 """
 
 
-def bare_engine(engine: InferenceEngine, studies: list[list[Path]]) -> list[float]:
-    """Seconds the engine alone takes for each study's images (ready tensors, one call each)."""
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def process_tree(serve: int, orthanc: int) -> dict[int, str]:
+    """``serve``, its child processes (by their process titles) and Orthanc: pid -> name."""
+    names = {serve: "serve (SCP, scheduler)", orthanc: "Orthanc"}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            title = (entry / "cmdline").read_text().split("\0")[0]
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == serve:
+            names[int(entry.name)] = title.removeprefix("mura-node ") or entry.name
+    return names
+
+
+def bare_engine(engine: InferenceEngine, studies: list[list[Path]]) -> tuple[list[float], float]:
+    """Seconds the engine alone takes for each study's images (ready tensors, one call each),
+    and the CPU seconds this process used for them."""
     tensors = [torch.stack([dicom_file_to_tensor(p) for p in files]) for files in studies]
     engine.predict(tensors[0])  # warm-up
     per_study = []
+    cpu = time.process_time()
     for batch in tensors:
         start = time.perf_counter()
         engine.predict(batch)
         per_study.append(time.perf_counter() - start)
-    return per_study
+    return per_study, time.process_time() - cpu
 
 
-def node_times(data: Path, studies: list[list[Path]]) -> tuple[float, list[float]]:
+def node_times(data: Path, studies: list[list[Path]]) -> tuple[float, float, list[float]]:
     """From the node's database: seconds from the first study READY to the last object
-    acknowledged by Orthanc, and each study's READY -> SR acknowledged."""
+    acknowledged by Orthanc, seconds from the first study READY to the last, and each study's
+    READY -> SR acknowledged."""
     db = make_engine(f"sqlite:///{data / 'mura-node.db'}")
     with Session(db) as session:
         ready = dict(
@@ -168,6 +206,7 @@ def main() -> None:
             start_new_session=True,
         )
         rounds: list[tuple[list[float], float, float, list[float]]] = []
+        cpu_rounds: list[tuple[float, dict[str, float]]] = []
         try:
             deadline = time.monotonic() + 120
             warm_up = write_study(
@@ -183,7 +222,10 @@ def main() -> None:
             for index in range(args.rounds):
                 # A then B in each round: the engine alone while the node is idle, then the node.
                 studies = burst(f"round{index}")
-                per_study = bare_engine(engine, studies)
+                per_study, engine_cpu = bare_engine(engine, studies)
+                assert orthanc.process is not None
+                tree = process_tree(serve.pid, orthanc.process.pid)
+                before = {pid: cpu_seconds(pid) for pid in tree}
                 for files in studies:
                     if storescu(port, files).returncode != 0:
                         raise RuntimeError("storescu failed")
@@ -192,6 +234,8 @@ def main() -> None:
                     if time.monotonic() > deadline + 600 * (index + 1):
                         raise RuntimeError("results did not arrive")
                     time.sleep(0.5)
+                used = {name: cpu_seconds(pid) - before[pid] for pid, name in tree.items()}
+                cpu_rounds.append((engine_cpu, used))
                 elapsed, spread, latencies = node_times(root / "data", studies)
                 rounds.append((per_study, elapsed, spread, latencies))
         finally:
@@ -217,6 +261,15 @@ def main() -> None:
         print(
             f"(a) node throughput / engine bare: median {statistics.median(ratios):.2f}x "
             "(target >= 0.85x)"
+        )
+        engine_cpu, used = cpu_rounds[len(rounds) // 2]
+        print(
+            f"CPU seconds in round {len(rounds) // 2 + 1}, from the first storescu to the last "
+            f"result in Orthanc: engine alone {engine_cpu:.2f} for the same images; node "
+            + ", ".join(
+                f"{name} {seconds:.2f}" for name, seconds in sorted(used.items()) if seconds > 0
+            )
+            + f"; all {sum(used.values()):.2f}"
         )
         per_study, _elapsed, _spread, latencies = rounds[len(rounds) // 2]
         budget = [t + 1.0 for t in per_study]

@@ -32,6 +32,7 @@ from typing import Any, cast
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import (
     UID,
     ComprehensiveSRStorage,
@@ -46,7 +47,7 @@ from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from pynetdicom.presentation import PresentationContext, build_context
 
 from node.config import Destination
-from node.pynetdicom_patches import ReportingAE, ReportingSocket
+from node.pynetdicom_patches import ReportingAE, ReportingSocket, files_sent_as_written
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,15 @@ class Link:
             )
         return None
 
-    def _accepted(self, sop_class: str) -> bool:
+    def _accepted(self, sop_class: str, transfer_syntax: str | None = None) -> bool:
+        """Whether a presentation context for ``sop_class`` was accepted (with
+        ``transfer_syntax``, when given)."""
         assoc = self.assoc
         return assoc is not None and any(
-            cx.abstract_syntax == sop_class and cx.as_scu for cx in assoc.accepted_contexts
+            cx.abstract_syntax == sop_class
+            and cx.as_scu
+            and transfer_syntax in (None, cx.transfer_syntax[0])
+            for cx in assoc.accepted_contexts
         )
 
     @property
@@ -121,8 +127,17 @@ class Link:
 
     def store(self, path: Path) -> Dataset:
         """C-STORE of a result file; the response's status data set, empty when none came
-        (timeout, abort, connection lost: pynetdicom aborts the association then)."""
+        (timeout, abort, connection lost: pynetdicom aborts the association then).
+
+        When the destination accepted the file's own transfer syntax (Explicit VR Little Endian),
+        the data set goes out byte for byte as written and checked, read from the file in
+        chunks (`files_sent_as_written`); otherwise it is decoded and converted to the syntax
+        accepted."""
         assert self.assoc is not None
+        meta = read_file_meta_info(path)
+        if self._accepted(str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)):
+            with files_sent_as_written():
+                return cast(Dataset, self.assoc.send_c_store(path))
         return cast(Dataset, self.assoc.send_c_store(dcmread(path)))
 
     def holds(self, path: Path) -> bool | None:

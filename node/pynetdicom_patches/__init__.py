@@ -33,6 +33,8 @@ Blank AE titles (node/receive/scp.py; `titles`):
 
 Sending (node/deliver/scu.py):
 
+- `files_sent_as_written`: ``_config.STORE_SEND_CHUNKED_DATASET``, so that a result file goes
+  out as its bytes, without being decoded and encoded again;
 - `ReportingAE` (`ReportingSocket`): overrides of ``AE._create_socket`` and
   ``AssociationSocket._create_socket``, and reads of ``tls_args`` and ``_is_connected``, to keep
   why a connection failed.
@@ -62,7 +64,7 @@ from node.pynetdicom_patches.receiving import (
     set_idle_sleep,
     stream_data_sets_to_disk,
 )
-from node.pynetdicom_patches.sending import ReportingAE, ReportingSocket
+from node.pynetdicom_patches.sending import ReportingAE, ReportingSocket, files_sent_as_written
 from node.pynetdicom_patches.titles import (
     A_ASSOCIATE_RQ,
     STAND_IN_TITLE,
@@ -92,6 +94,7 @@ __all__ = [
     "data_set_path",
     "decode_blank_titles",
     "discard_partial_data_set",
+    "files_sent_as_written",
     "held_problem",
     "message_being_received",
     "register_server",

@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.transport import (
     T_CONNECT,
@@ -17,6 +19,21 @@ from pynetdicom.transport import (
 )
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def files_sent_as_written() -> Iterator[None]:
+    """pynetdicom's ``send_c_store(path)`` reads the file with pydicom and encodes it again;
+    within this block (its process-wide ``_config.STORE_SEND_CHUNKED_DATASET``, read once when
+    ``send_c_store`` starts) it sends the file's data set bytes as they are, read in chunks, on a
+    presentation context accepted with the file's own transfer syntax (it converts nothing
+    then). The setting is put back as it was afterwards."""
+    before = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        yield
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = before
 
 
 class _RemembersConnectError:

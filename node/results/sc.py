@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from highdicom.sc import SCImage
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from node.inference.model import normalise_cam, upsample_cam
 from node.results.drawing import MIN_WIDTH, Line, Style, colour_scale, font_unit, stack, text_band
@@ -202,7 +203,7 @@ def rgb_secondary_capture(
     laterality: str,
     series_description: str,
 ) -> SCImage:
-    """An RGB Secondary Capture (``rgb`` (H, W, 3) uint8) filed with the cleaned ``source``'s
+    """An RGB Secondary Capture (``rgb`` (H, W, 3) uint8), Explicit VR Little Endian, filed with the cleaned ``source``'s
     patient and study: the node as manufacturer, ImageType DERIVED\\SECONDARY, BurnedInAnnotation
     YES, Laterality L or R (else empty, Type 2C), PatientOrientation empty (Type 2C; callers that
     know one set it), the source's BodyPartExamined."""
@@ -222,6 +223,9 @@ def rgb_secondary_capture(
         # caller from the source's own (compound letters included) where there is one.
         patient_orientation=("A", "F"),
         laterality=laterality if laterality in ("L", "R") else None,
+        # highdicom's default for a Secondary Capture is Implicit VR Little Endian; every result
+        # of the node is Explicit VR Little Endian (node/deliver/scu.py sends it as written)
+        transfer_syntax_uid=ExplicitVRLittleEndian,
     )
     sc.PatientOrientation = ""  # type: ignore[assignment]
     if laterality not in ("L", "R"):

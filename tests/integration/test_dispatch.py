@@ -22,16 +22,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pynetdicom.association
 import pytest
 import torch
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from node.config import Config, Destination
 from node.db import Dispatch, Result, Study, StudyEvent
+from node.deliver import scu
 from node.deliver.dispatch import Dispatcher
 from node.inference.engine import InferenceEngine
 from node.inference.model import MuraDenseNet
@@ -172,13 +174,13 @@ def pacs() -> Iterator[Callable[..., dest.Destination]]:
 # --- transfer syntaxes ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def implicit_only_storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """dcmtk's storescp accepting Implicit VR Little Endian only (+xi), writing what it
-    receives bit for bit (+B)."""
-    port, out = free_port(), tmp_path / "storescp"
+@contextlib.contextmanager
+def bit_preserving_storescp(tmp_path: Path, syntax_option: str) -> Iterator[tuple[int, Path]]:
+    """dcmtk's storescp with ``syntax_option`` (+xi: Implicit VR Little Endian only; +xe:
+    Explicit VR Little Endian preferred), writing what it receives bit for bit (+B)."""
+    port, out = free_port(), tmp_path / f"storescp{syntax_option}"
     out.mkdir()
-    command = ["storescp", "+xi", "+B", "-aet", "ARCHIVE", "-od", str(out), str(port)]
+    command = ["storescp", syntax_option, "+B", "-aet", "ARCHIVE", "-od", str(out), str(port)]
     process = subprocess.Popen(command, env=dcmtk_env(), stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
@@ -194,6 +196,54 @@ def implicit_only_storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture
+def implicit_only_storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    with bit_preserving_storescp(tmp_path, "+xi") as started:
+        yield started
+
+
+def data_set_bytes(path: Path) -> bytes:
+    """A Part 10 file's bytes after its preamble and File Meta Information (PS3.10 7.1: "DICM"
+    at 128, then (0002,0000) File Meta Information Group Length, UL, explicit VR)."""
+    data = path.read_bytes()
+    assert data[128:132] == b"DICM" and data[132:138] == b"\x02\x00\x00\x00UL"
+    (group_length,) = struct.unpack("<I", data[140:144])
+    return data[144 + group_length :]
+
+
+def test_every_result_is_written_in_explicit_vr_and_sent_as_written(
+    delivering: Delivering, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[Path] = []
+
+    def recording_dcmread(path: Any, *args: Any, **kwargs: Any) -> Dataset:
+        decoded.append(Path(path))
+        return dcmread(path, *args, **kwargs)
+
+    monkeypatch.setattr(scu, "dcmread", recording_dcmread)
+    monkeypatch.setattr(pynetdicom.association, "dcmread", recording_dcmread)
+    every_kind = ("sr", "sc", "summary", "gsps")
+    with bit_preserving_storescp(tmp_path, "+xe") as (port, out):
+        dispatcher = delivering.to("ARCHIVE", port, objects=every_kind)
+        delivering.study(images=2)
+        try:
+            assert dispatcher.run_once() == 6  # SR, 2 heatmaps, summary, 2 presentation states
+        finally:
+            dispatcher.close()
+    assert {d.state for d in delivering.deliveries().values()} == {"SENT"}
+    assert decoded == []  # sent from the file, never decoded and encoded again
+    received = {str(dcmread(p).SOPInstanceUID): p for p in out.iterdir()}
+    results = delivering.results()
+    assert {r.kind for r in results} == set(every_kind)
+    assert set(received) == {r.sop_instance_uid for r in results}
+    for result in results:
+        original = delivering.node.store.path_of(result.file_path)
+        assert dcmread(original).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian, result.kind
+        arrived = received[result.sop_instance_uid]
+        assert dcmread(arrived).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert data_set_bytes(arrived) == data_set_bytes(original), result.kind
 
 
 def test_implicit_vr_only_destination_receives_the_sr_and_the_heatmaps_intact(

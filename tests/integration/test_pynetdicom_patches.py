@@ -64,6 +64,7 @@ def parameters(function: Any) -> list[str]:
 
 def test_private_internals_have_the_shape_the_patches_rely_on() -> None:
     assert isinstance(getattr(_config, "STORE_RECV_CHUNKED_DATASET", None), bool), UPGRADE
+    assert isinstance(getattr(_config, "STORE_SEND_CHUNKED_DATASET", None), bool), UPGRADE
     ae = AE()
     assert isinstance(getattr(ae, "_servers", None), list), UPGRADE
     assert {"server_class", "ssl_context", "kwargs"} <= set(parameters(AE.make_server)), UPGRADE

@@ -71,11 +71,12 @@ def send(port: int, path: Path, sop_class: str, syntax: str) -> tuple[int, str]:
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     assoc = ae.associate("127.0.0.1", port, ae_title="MURA_NODE")
     assert assoc.is_established
+    streamed = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True
     try:
         status = assoc.send_c_store(path)
     finally:
-        _config.STORE_SEND_CHUNKED_DATASET = False
+        _config.STORE_SEND_CHUNKED_DATASET = streamed
         if assoc.is_established:
             assoc.release()
     if "Status" not in status:

@@ -18,11 +18,12 @@ def pynetdicom_send(
     ae.add_requested_context(sop_class, transfer_syntax)
     assoc = ae.associate("127.0.0.1", node.scp.port, ae_title="MURA_NODE")
     assert assoc.is_established
+    streamed = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes, UIDs from its File Meta
     try:
         status = assoc.send_c_store(path)
     finally:
-        _config.STORE_SEND_CHUNKED_DATASET = False
+        _config.STORE_SEND_CHUNKED_DATASET = streamed
         assoc.release()
     return int(status.Status), str(status.get("ErrorComment", ""))
 

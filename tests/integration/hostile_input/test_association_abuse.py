@@ -115,6 +115,7 @@ def test_aborted_transfer_leaves_no_partial_file(running: Running) -> None:
         send(pdu)
 
     assoc.dul.socket.send = send_at_most_2_mb  # type: ignore[method-assign]
+    streamed = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True
     sender = threading.Thread(target=assoc.send_c_store, args=(path,))
     try:
@@ -127,7 +128,7 @@ def test_aborted_transfer_leaves_no_partial_file(running: Running) -> None:
             assoc.abort()
             sender.join(30)
     finally:
-        _config.STORE_SEND_CHUNKED_DATASET = False
+        _config.STORE_SEND_CHUNKED_DATASET = streamed
     deadline = time.monotonic() + 5
     while list(node.store.tmp.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)

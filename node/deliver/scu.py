@@ -135,7 +135,8 @@ class Link:
         accepted."""
         assert self.assoc is not None
         meta = read_file_meta_info(path)
-        if self._accepted(str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)):
+        sop_class, syntax = meta.get("MediaStorageSOPClassUID"), meta.get("TransferSyntaxUID")
+        if sop_class and syntax and self._accepted(str(sop_class), str(syntax)):
             with files_sent_as_written():
                 return cast(Dataset, self.assoc.send_c_store(path))
         return cast(Dataset, self.assoc.send_c_store(dcmread(path)))

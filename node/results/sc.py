@@ -203,10 +203,11 @@ def rgb_secondary_capture(
     laterality: str,
     series_description: str,
 ) -> SCImage:
-    """An RGB Secondary Capture (``rgb`` (H, W, 3) uint8), Explicit VR Little Endian, filed with the cleaned ``source``'s
-    patient and study: the node as manufacturer, ImageType DERIVED\\SECONDARY, BurnedInAnnotation
-    YES, Laterality L or R (else empty, Type 2C), PatientOrientation empty (Type 2C; callers that
-    know one set it), the source's BodyPartExamined."""
+    """An RGB Secondary Capture (``rgb`` (H, W, 3) uint8), in Explicit VR Little Endian, filed
+    with the cleaned ``source``'s patient and study: the node as manufacturer, ImageType
+    DERIVED\\SECONDARY, BurnedInAnnotation YES, Laterality L or R (else empty, Type 2C),
+    PatientOrientation empty (Type 2C; callers that know one set it), the source's
+    BodyPartExamined."""
     laterality = laterality.strip()
     sc = SCImage.from_ref_dataset(
         ref_dataset=source,

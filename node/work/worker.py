@@ -369,32 +369,25 @@ def build_worker(config: Config, inference: InferenceEngine, clock: Clock = utcn
     )
 
 
-def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity where the system tells it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def cpu_threads_per_worker(configured: int, workers: int, cores: int) -> int:
+def cpu_threads_per_worker(configured: int, workers: int, default_threads: int) -> int:
     """The model's CPU threads in each of ``workers`` worker processes on one machine: as
-    configured (``model.cpu_threads``), or with 0 the ``cores`` shared out among the workers,
-    at least one each. PyTorch's own default, one thread per core in every process, would run
-    ``workers`` x ``cores`` threads: each forward pass's threads then wait for one another
-    whenever one of them loses its core, and all slow down far more than in proportion
-    (docs/performance.md, "Worker processes on the CPU")."""
+    configured (``model.cpu_threads``); with 0 and one worker, PyTorch's default
+    ``default_threads`` (one per physical core, or ``OMP_NUM_THREADS``); with 0 and several,
+    that default shared out among them, at least one thread each. PyTorch's default in every
+    process would run ``workers`` x ``default_threads`` threads: each forward pass's threads
+    then wait for one another whenever one of them loses its core, and all slow down far more
+    than in proportion (docs/performance.md, "Worker processes on the CPU")."""
     if configured > 0:
         return configured
-    return max(1, cores // max(1, workers))
+    return max(1, default_threads // max(1, workers))
 
 
 def run_worker_process(config: Config, stop: StopFlag | None = None, workers: int = 1) -> None:
     """Entry point of a worker process, one of ``workers`` on this machine (`serve` starts
     ``worker.processes``; `mura-node worker` is one): loads the model, with the CPU cores shared
-    out among the workers (`cpu_threads_per_worker`), builds the worker's collaborators and runs
-    until ``stop`` is set."""
-    threads = cpu_threads_per_worker(config.model.cpu_threads, workers, available_cores())
+    out among the workers (`cpu_threads_per_worker`, from PyTorch's default in this new
+    process), builds the worker's collaborators and runs until ``stop`` is set."""
+    threads = cpu_threads_per_worker(config.model.cpu_threads, workers, torch.get_num_threads())
     inference = InferenceEngine.from_config(replace(config.model, cpu_threads=threads))
     worker = build_worker(config, inference)
     log.info(

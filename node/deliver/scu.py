@@ -138,7 +138,13 @@ class Link:
         sop_class, syntax = meta.get("MediaStorageSOPClassUID"), meta.get("TransferSyntaxUID")
         if sop_class and syntax and self._accepted(str(sop_class), str(syntax)):
             with files_sent_as_written():
-                return cast(Dataset, self.assoc.send_c_store(path))
+                try:
+                    return cast(Dataset, self.assoc.send_c_store(path))
+                except Exception:
+                    # The file is read while its data set goes out: after an error part of a
+                    # message may be with the peer, so this association carries nothing more.
+                    self.assoc.abort()
+                    raise
         return cast(Dataset, self.assoc.send_c_store(dcmread(path)))
 
     def holds(self, path: Path) -> bool | None:

@@ -275,6 +275,46 @@ def test_implicit_vr_only_destination_receives_the_sr_and_the_heatmaps_intact(
             assert len(arrived.ContentSequence) == len(original.ContentSequence) > 0
 
 
+def test_a_file_that_fails_while_it_streams_ends_its_association_not_the_round(
+    delivering: Delivering,
+    pacs: Callable[..., dest.Destination],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read error while a result's bytes go out (no real disk fails on cue here: pynetdicom's
+    send raises once, as it would for an I/O error in the middle of the file): that delivery is
+    retried later, and the association, which may hold part of a message at the peer, carries
+    nothing more; the other results wait for the next round instead of following it."""
+    destination = pacs()
+    dispatcher = delivering.to("PACS", destination.port)
+    delivering.study()
+    send = pynetdicom.association.Association.send_c_store
+    failures = [OSError("Input/output error")]
+
+    def failing_once(assoc: Any, dataset: Any, *args: Any, **kwargs: Any) -> Dataset:
+        if failures:
+            raise failures.pop()
+        return send(assoc, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(pynetdicom.association.Association, "send_c_store", failing_once)
+    try:
+        assert dispatcher.run_once() == 2  # the SR and the heatmap were due
+    finally:
+        dispatcher.close()
+    first, second = delivering.deliveries().values()
+    assert (first.state, first.attempts) == ("RETRY", 1)
+    assert first.last_error == "OSError: Input/output error"
+    assert (second.state, second.attempts) == ("PENDING", 0)  # not sent on the aborted association
+    assert destination.stores == 0
+    delivering.clock.advance(3600)
+    dispatcher = delivering.to("PACS", destination.port)
+    try:
+        dispatcher.run_once()
+    finally:
+        dispatcher.close()
+    assert {d.state for d in delivering.deliveries().values()} == {"SENT"}
+    assert destination.stores == 2
+
+
 def assert_same_content(arrived: Dataset, original: Dataset, path: str = "") -> None:
     """Element by element, through every sequence: same tags, same values (the VR of an
     element read from Implicit VR comes from the dictionary; OB and OW pixel data are the same

@@ -1,5 +1,6 @@
-"""What the benchmarks share: the repository's root, the PDU size the receivers negotiate, and
-waiting for a receiver in a subprocess to listen on loopback.
+"""What the benchmarks share: the repository's root, the PDU size the receivers negotiate,
+waiting for a receiver in a subprocess to listen on loopback, and a process's CPU time and
+children from /proc.
 
 Every benchmark runs as a module from the repository's root (``python -m bench.<name>``), so
 ``bench`` and ``tests.support`` (the synthetic DICOM factory, the Orthanc harness) import as
@@ -8,6 +9,7 @@ packages.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -38,3 +40,22 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float =
         except OSError:
             time.sleep(0.1)
     raise RuntimeError("receiver did not start listening")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (/proc/PID/stat); 0 once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_of(pid: int) -> list[int]:
+    """The child processes of ``pid`` (/proc/PID/task/PID/children; empty when it is gone)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [int(child) for child in path.read_text().split()]
+    except OSError:
+        return []

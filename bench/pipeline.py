@@ -30,7 +30,6 @@ engine's time for the whole burst, (a) measures arrival as much as the node.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import statistics
 import subprocess
@@ -45,7 +44,7 @@ from pydicom import dcmread
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bench.common import ROOT
+from bench.common import ROOT, children_of, cpu_seconds
 from node.config import ModelConfig
 from node.db import Dispatch, Result, Study, StudyEvent, make_engine
 from node.inference.engine import InferenceEngine
@@ -80,32 +79,15 @@ objects = ["sr", "sc"]
 """
 
 
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (0 once it is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
 def process_tree(serve: int, orthanc: int) -> dict[int, str]:
     """``serve``, its child processes (by their process titles) and Orthanc: pid -> name."""
     names = {serve: "serve (SCP, scheduler)", orthanc: "Orthanc"}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for child in children_of(serve):
         try:
-            stat = (entry / "stat").read_text()
-            title = (entry / "cmdline").read_text().split("\0")[0]
+            title = Path(f"/proc/{child}/cmdline").read_text().split("\0")[0]
         except OSError:
             continue
-        if int(stat[stat.rindex(")") + 2 :].split()[1]) == serve:
-            names[int(entry.name)] = title.removeprefix("mura-node ") or entry.name
+        names[child] = title.removeprefix("mura-node ") or str(child)
     return names
 
 

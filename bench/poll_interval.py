@@ -16,15 +16,9 @@ from pathlib import Path
 
 from pynetdicom import AE
 
-from bench.common import PDU, free_port, wait_listening
+from bench.common import PDU, cpu_seconds, free_port, wait_listening
 from bench.ingest import BARE_SCP
 from tests.support.factory import write_study
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().split()
-    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

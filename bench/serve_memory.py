@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ROOT, free_port, wait_listening
+from bench.common import ROOT, children_of, free_port, wait_listening
 
 BUDGET_MIB = 200
 # The earlier check, in the main process: the cards' weights read with PyTorch.
@@ -46,11 +46,6 @@ def status_kib(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
-
-
-def children_of(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(child) for child in path.read_text().split()] if path.exists() else []
 
 
 def measure(kind: str, card: Path, workdir: Path, settle: float) -> tuple[float, float, float]:

@@ -239,15 +239,10 @@ def model_pack(args: argparse.Namespace, config: Config) -> int:
 def model_info(args: argparse.Namespace, config: Config) -> int:
     """`model info`: load the configured model; print its cards, hashes and device (CPU
     threads: those of each of serve's ``worker.processes``)."""
-    import torch
-
     from node.inference.engine import InferenceEngine
-    from node.work.worker import cpu_threads_per_worker
+    from node.work.worker import worker_model_config
 
-    threads = cpu_threads_per_worker(
-        config.model.cpu_threads, config.worker.processes, torch.get_num_threads()
-    )
-    engine = InferenceEngine.from_config(dataclasses.replace(config.model, cpu_threads=threads))
+    engine = InferenceEngine.from_config(worker_model_config(config.model, config.worker.processes))
     info = engine.describe()
     if args.json:
         print(json.dumps(info, indent=2))

@@ -48,7 +48,7 @@ from pydicom.dataset import Dataset
 
 from node import metrics
 from node.clock import Clock, short_uid, utcnow
-from node.config import Config
+from node.config import Config, ModelConfig
 from node.db import make_engine, safe_url
 from node.errors import UndecodableImage
 from node.inference.engine import InferenceEngine, StudyResult
@@ -382,13 +382,19 @@ def cpu_threads_per_worker(configured: int, workers: int, default_threads: int) 
     return max(1, default_threads // max(1, workers))
 
 
+def worker_model_config(model: ModelConfig, workers: int) -> ModelConfig:
+    """``model`` as each of ``workers`` worker processes on this machine runs it: its CPU
+    threads from `cpu_threads_per_worker` and PyTorch's default in this process."""
+    threads = cpu_threads_per_worker(model.cpu_threads, workers, torch.get_num_threads())
+    return replace(model, cpu_threads=threads)
+
+
 def run_worker_process(config: Config, stop: StopFlag | None = None, workers: int = 1) -> None:
     """Entry point of a worker process, one of ``workers`` on this machine (`serve` starts
     ``worker.processes``; `mura-node worker` is one): loads the model, with the CPU cores shared
     out among the workers (`cpu_threads_per_worker`, from PyTorch's default in this new
     process), builds the worker's collaborators and runs until ``stop`` is set."""
-    threads = cpu_threads_per_worker(config.model.cpu_threads, workers, torch.get_num_threads())
-    inference = InferenceEngine.from_config(replace(config.model, cpu_threads=threads))
+    inference = InferenceEngine.from_config(worker_model_config(config.model, workers))
     worker = build_worker(config, inference)
     log.info(
         "inference worker %d started: %s on %s (%s); queue %s",

@@ -24,18 +24,8 @@ from node.inference.cards import (
 from node.inference.engine import InferenceEngine, resolve_device
 from node.inference.model import MuraDenseNet, normalise_cam, upsample_cam
 from node.inference.preprocessing import DicomPreprocessor
+from tests.support.compressed import seeded_model
 from tests.support.factory import make_radiograph, write
-
-
-def seeded_model(seed: int) -> MuraDenseNet:
-    torch.manual_seed(seed)
-    model = MuraDenseNet().eval()
-    # Random BN statistics so that the untrained network's outputs differ between images.
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    return model
 
 
 @pytest.fixture(scope="module")

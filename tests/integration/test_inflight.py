@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydicom.uid import generate_uid
@@ -18,24 +17,15 @@ from pynetdicom import AE
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from node.db import Instance, Study, StudyEvent
+from node.db import Instance, Study
 from node.operate.service import Node
 from tests.support.factory import CR, make_radiograph, storescu, write
-from tests.support.nodes import FakeClock
+from tests.support.nodes import FakeClock, study_events
+from tests.support.serve import wait_for
 
 SMALL_PDU = {"maximum_pdu_size": 4096}
 STALL_AFTER = 128 * 1024  # bytes from the sender: past the small image, inside the large one
 HOLD_WAIT = 10.0  # seconds for the node's renewing thread (every 1 s here) to act
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 class StallingProxy:
@@ -164,16 +154,7 @@ def held_now(node: Node, uid: str, clock: FakeClock) -> bool:
 
 
 def history(node: Node, uid: str) -> list[tuple[str, str | None]]:
-    with Session(node.engine) as session:
-        return [
-            (row.event, row.detail)
-            for row in session.execute(
-                select(StudyEvent.event, StudyEvent.detail)
-                .join(Study, Study.id == StudyEvent.study_id)
-                .where(Study.study_instance_uid == uid)
-                .order_by(StudyEvent.id)
-            )
-        ]
+    return study_events(node.engine, uid)
 
 
 def test_a_stalled_image_holds_its_study_until_it_arrives(
@@ -197,7 +178,11 @@ def test_a_stalled_image_holds_its_study_until_it_arrives(
         time.sleep(0.1)
     proxy.release()
     sender.wait()
-    wait_for(lambda: study_row(node, uid).state != "RECEIVING", "the study to complete")
+    wait_for(
+        lambda: study_row(node, uid).state != "RECEIVING",
+        timeout=30.0,
+        what="the study to complete",
+    )
     row = study_row(node, uid)
     assert (row.state, row.generation, image_count(node, uid)) == ("READY", 1, 2)
     events = history(node, uid)
@@ -218,9 +203,9 @@ def test_an_image_in_flight_on_a_new_association_holds_its_study(
     proxy = proxies(node.scp.port)
     sender = Sender(proxy.port, [large])
     assert proxy.stalled.wait(30)
-    wait_for(lambda: held_now(node, uid, clock), "the study to be held", HOLD_WAIT)
+    wait_for(lambda: held_now(node, uid, clock), timeout=HOLD_WAIT, what="the study to be held")
     clock.advance(61)
-    wait_for(lambda: held_now(node, uid, clock), "the hold to be renewed", HOLD_WAIT)
+    wait_for(lambda: held_now(node, uid, clock), timeout=HOLD_WAIT, what="the hold to be renewed")
     assert node.scheduler.tick() == []
     assert study_row(node, uid).state == "RECEIVING"
     proxy.release()
@@ -245,10 +230,10 @@ def test_the_study_in_flight_is_held_not_the_one_stored_before(
     proxy = proxies(node.scp.port)
     sender = Sender(proxy.port, [small_a, large_b])
     assert proxy.stalled.wait(30)
-    wait_for(lambda: held_now(node, uid_b, clock), "study B to be held", HOLD_WAIT)
+    wait_for(lambda: held_now(node, uid_b, clock), timeout=HOLD_WAIT, what="study B to be held")
     assert study_row(node, uid_a).held_until is None
     clock.advance(61)
-    wait_for(lambda: held_now(node, uid_b, clock), "the hold to be renewed", HOLD_WAIT)
+    wait_for(lambda: held_now(node, uid_b, clock), timeout=HOLD_WAIT, what="the hold to be renewed")
     assert [o.study_instance_uid for o in node.scheduler.tick()] == [uid_a]
     assert study_row(node, uid_b).state == "RECEIVING"
     proxy.release()
@@ -291,13 +276,15 @@ def test_force_timeout_completes_a_study_whose_sender_stalls_for_ever(
     proxy = proxies(node.scp.port)
     sender = Sender(proxy.port, list(small_and_large(tmp_path, uid)))
     assert proxy.stalled.wait(30)
-    wait_for(lambda: held_now(node, uid, clock), "the study to be held", HOLD_WAIT)
+    wait_for(lambda: held_now(node, uid, clock), timeout=HOLD_WAIT, what="the study to be held")
     for _ in range(3):
         clock.advance(299)
-        wait_for(lambda: held_now(node, uid, clock), "the hold to be renewed", HOLD_WAIT)
+        wait_for(
+            lambda: held_now(node, uid, clock), timeout=HOLD_WAIT, what="the hold to be renewed"
+        )
         assert node.scheduler.tick() == []
     clock.advance(3)  # 900 s after the study was opened
-    wait_for(lambda: held_now(node, uid, clock), "the hold to be renewed", HOLD_WAIT)
+    wait_for(lambda: held_now(node, uid, clock), timeout=HOLD_WAIT, what="the hold to be renewed")
     [outcome] = node.scheduler.tick()
     assert outcome.state == "READY"
     assert image_count(node, uid) == 1

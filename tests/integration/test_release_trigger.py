@@ -4,11 +4,9 @@ calling AE title completes after the settle time, anything else after the quiet 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from pydicom.uid import generate_uid
 from pynetdicom import AE
@@ -22,6 +20,7 @@ from node.operate.service import Node
 from node.states import AssociationEnding, StudyEventName
 from tests.support.factory import CR, storescu, write_study
 from tests.support.nodes import FakeClock
+from tests.support.serve import wait_for
 
 QUIET = 60.0
 SETTLE = 5.0
@@ -30,16 +29,6 @@ RELEASE = {
     "release_trigger_aes": ("ORTHANC",),
     "release_settle_s": SETTLE,
 }
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 def endings(node: Node, uid: str) -> list[str | None]:
@@ -89,7 +78,9 @@ def test_a_study_from_a_configured_sender_completes_after_the_settle_time(
     clock = FakeClock()
     node = make_node(clock=clock, completion=RELEASE)
     uid = send(node, tmp_path, "ORTHANC")
-    wait_for(lambda: ended(node, uid), "the association's release to be recorded")
+    wait_for(
+        lambda: ended(node, uid), timeout=30.0, what="the association's release to be recorded"
+    )
     assert endings(node, uid) == [AssociationEnding.RELEASED]
     clock.advance(SETTLE - 0.1)
     assert node.scheduler.tick() == []
@@ -128,7 +119,9 @@ def test_one_image_from_another_sender_gives_the_study_the_quiet_period(
     node = make_node(clock=clock, completion=RELEASE)
     uid = send(node, tmp_path, "ORTHANC", 2)
     send(node, tmp_path, "MODALITY", 1, uid)
-    wait_for(lambda: ended(node, uid), "the association's release to be recorded")
+    wait_for(
+        lambda: ended(node, uid), timeout=30.0, what="the association's release to be recorded"
+    )
     clock.advance(QUIET - 0.1)
     assert node.scheduler.tick() == []
     clock.advance(0.1)
@@ -155,7 +148,9 @@ def test_an_open_association_waits_and_its_release_then_completes_the_study(
         assert node.scheduler.tick() == []  # still open: the sender may have more to send
     finally:
         assoc.release()
-    wait_for(lambda: ended(node, uid), "the association's release to be recorded")
+    wait_for(
+        lambda: ended(node, uid), timeout=30.0, what="the association's release to be recorded"
+    )
     assert node.scheduler.tick() == []  # the settle time counts from the release
     clock.advance(SETTLE)
     assert [o.study_instance_uid for o in node.scheduler.tick()] == [uid]
@@ -174,7 +169,7 @@ def test_an_aborted_association_gives_the_study_the_quiet_period(
     for path in files:
         assert assoc.send_c_store(path).Status == 0
     assoc.abort()
-    wait_for(lambda: ended(node, uid), "the association's abort to be recorded")
+    wait_for(lambda: ended(node, uid), timeout=30.0, what="the association's abort to be recorded")
     assert endings(node, uid) == [AssociationEnding.ABORTED]
     clock.advance(QUIET - 0.1)
     assert node.scheduler.tick() == []
@@ -190,7 +185,7 @@ def test_a_re_sent_study_is_re_opened_and_completes_after_its_new_release(
     clock = FakeClock()
     node = make_node(clock=clock, completion=RELEASE)
     uid = send(node, tmp_path, "ORTHANC", 2)
-    wait_for(lambda: ended(node, uid), "the first release to be recorded")
+    wait_for(lambda: ended(node, uid), timeout=30.0, what="the first release to be recorded")
     clock.advance(SETTLE)
     assert [o.study_instance_uid for o in node.scheduler.tick()] == [uid]
     clock.advance(100)
@@ -204,7 +199,7 @@ def test_a_re_sent_study_is_re_opened_and_completes_after_its_new_release(
         assert node.scheduler.tick() == []
     finally:
         assoc.release()
-    wait_for(lambda: ended(node, uid), "the second release to be recorded")
+    wait_for(lambda: ended(node, uid), timeout=30.0, what="the second release to be recorded")
     clock.advance(SETTLE)
     assert [o.study_instance_uid for o in node.scheduler.tick()] == [uid]
 
@@ -217,7 +212,9 @@ def test_another_node_sharing_the_database_sees_the_release(
     clock = FakeClock()
     receiving = make_node(clock=clock, completion=RELEASE, database={"url": url})
     uid = send(receiving, tmp_path, "ORTHANC")
-    wait_for(lambda: ended(receiving, uid), "the association's release to be recorded")
+    wait_for(
+        lambda: ended(receiving, uid), timeout=30.0, what="the association's release to be recorded"
+    )
     engine = make_engine(url)
     try:
         other = Completer(engine, clock)
@@ -241,7 +238,9 @@ def test_an_association_that_begins_while_the_tick_decides_keeps_the_study_open(
     clock = FakeClock()
     node = make_node(clock=clock, completion=RELEASE)
     uid = send(node, tmp_path, "ORTHANC")
-    wait_for(lambda: ended(node, uid), "the association's release to be recorded")
+    wait_for(
+        lambda: ended(node, uid), timeout=30.0, what="the association's release to be recorded"
+    )
     clock.advance(SETTLE)
     with Session(node.engine) as session:
         study = session.scalars(select(Study).where(Study.study_instance_uid == uid)).one()
@@ -271,7 +270,9 @@ def test_a_hold_keeps_a_released_study_open_while_an_image_is_in_flight(
     clock = FakeClock()
     node = make_node(clock=clock, completion=RELEASE)
     uid = send(node, tmp_path, "ORTHANC")
-    wait_for(lambda: ended(node, uid), "the association's release to be recorded")
+    wait_for(
+        lambda: ended(node, uid), timeout=30.0, what="the association's release to be recorded"
+    )
     clock.advance(SETTLE)
     assert node.ingest.hold_studies({uid}, timedelta(seconds=10)) == 1
     assert node.scheduler.tick() == []

@@ -18,6 +18,7 @@ from node.receive.ingest import IngestRecords, IngestResult, InstanceRecord
 from node.states import IngestOutcome, StudyState
 from node.work.processing import WorkQueue
 from tests.support.nodes import FakeClock as Clock
+from tests.support.nodes import study_events
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 POLICY = CompletionPolicy(quiet_period=timedelta(seconds=60), force_after=timedelta(seconds=900))
@@ -297,16 +298,7 @@ def test_schema_upgrade_keeps_rows(database_url: str, tmp_path: Path) -> None:
 
 
 def details(engine: Engine, uid: str = "1.2.3") -> list[tuple[str, str | None]]:
-    with Session(engine) as session:
-        return [
-            (row.event, row.detail)
-            for row in session.execute(
-                select(StudyEvent.event, StudyEvent.detail)
-                .join(Study, Study.id == StudyEvent.study_id)
-                .where(Study.study_instance_uid == uid)
-                .order_by(StudyEvent.id)
-            )
-        ]
+    return study_events(engine, uid)
 
 
 LEASE = timedelta(seconds=5)

@@ -91,15 +91,21 @@ class Parity:
         return abs(self.full_probability - self.reduced_probability)
 
 
-def parity_engine(seed: int = 1) -> InferenceEngine:
-    """The untrained DenseNet-169 with spread batch-norm statistics, on the CPU, in fp32."""
+def seeded_model(seed: int) -> MuraDenseNet:
+    """The untrained DenseNet-169 with random batch-norm statistics drawn from ``seed``, so that
+    its outputs differ between images."""
     torch.manual_seed(seed)
     model = MuraDenseNet().eval()
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.1, 0.1)
             module.running_var.uniform_(0.5, 1.5)
-    return InferenceEngine([model], [], device=torch.device("cpu"), precision="fp32")
+    return model
+
+
+def parity_engine(seed: int = 1) -> InferenceEngine:
+    """`seeded_model` on the CPU, in fp32."""
+    return InferenceEngine([seeded_model(seed)], [], device=torch.device("cpu"), precision="fp32")
 
 
 def parity(

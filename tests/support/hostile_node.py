@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pynetdicom import AE, _config
+from pynetdicom import AE
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from node.db import IngestRejection, Instance, Study
 from node.inference.engine import InferenceEngine
 from node.operate.service import Node
+from node.pynetdicom_patches import files_sent_as_written
 from node.work.worker import build_worker
 from tests.support.factory import make_radiograph, storescu, write
 from tests.support.hostile import NO_STATUS, Case, part10
@@ -71,12 +72,10 @@ def send(port: int, path: Path, sop_class: str, syntax: str) -> tuple[int, str]:
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     assoc = ae.associate("127.0.0.1", port, ae_title="MURA_NODE")
     assert assoc.is_established
-    streamed = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
     try:
-        status = assoc.send_c_store(path)
+        with files_sent_as_written():
+            status = assoc.send_c_store(path)
     finally:
-        _config.STORE_SEND_CHUNKED_DATASET = streamed
         if assoc.is_established:
             assoc.release()
     if "Status" not in status:

@@ -7,6 +7,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
 from node.config import (
     CompletionConfig,
     Config,
@@ -16,6 +19,7 @@ from node.config import (
     StorageConfig,
     WorkerConfig,
 )
+from node.db import Study, StudyEvent
 from tests.support.factory import free_port
 
 
@@ -48,3 +52,17 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+def study_events(engine: Engine, uid: str) -> list[tuple[str, str | None]]:
+    """A study's history in the database: (event, detail), oldest first."""
+    with Session(engine) as session:
+        return [
+            (row.event, row.detail)
+            for row in session.execute(
+                select(StudyEvent.event, StudyEvent.detail)
+                .join(Study, Study.id == StudyEvent.study_id)
+                .where(Study.study_instance_uid == uid)
+                .order_by(StudyEvent.id)
+            )
+        ]

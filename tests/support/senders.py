@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, _config
+from pynetdicom import AE
 
 from node.operate.service import Node
+from node.pynetdicom_patches import files_sent_as_written
 
 
 def pynetdicom_send(
@@ -18,12 +19,10 @@ def pynetdicom_send(
     ae.add_requested_context(sop_class, transfer_syntax)
     assoc = ae.associate("127.0.0.1", node.scp.port, ae_title="MURA_NODE")
     assert assoc.is_established
-    streamed = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes, UIDs from its File Meta
     try:
-        status = assoc.send_c_store(path)
+        with files_sent_as_written():  # the file's bytes, UIDs from its File Meta
+            status = assoc.send_c_store(path)
     finally:
-        _config.STORE_SEND_CHUNKED_DATASET = streamed
         assoc.release()
     return int(status.Status), str(status.get("ErrorComment", ""))
 

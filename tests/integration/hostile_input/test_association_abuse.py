@@ -11,8 +11,9 @@ import time
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, _config
+from pynetdicom import AE
 
+from node.pynetdicom_patches import files_sent_as_written
 from tests.support.factory import CR
 from tests.support.hostile import of, part10, radiograph
 from tests.support.hostile_node import (
@@ -115,20 +116,15 @@ def test_aborted_transfer_leaves_no_partial_file(running: Running) -> None:
         send(pdu)
 
     assoc.dul.socket.send = send_at_most_2_mb  # type: ignore[method-assign]
-    streamed = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
     sender = threading.Thread(target=assoc.send_c_store, args=(path,))
-    try:
-        with expected_thread_deaths():
-            sender.start()
-            deadline = time.monotonic() + 30
-            while not any(size > 1 << 20 for size in sizes(node.store.tmp)):
-                assert time.monotonic() < deadline, "the data set never started to arrive"
-                time.sleep(0.01)
-            assoc.abort()
-            sender.join(30)
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = streamed
+    with files_sent_as_written(), expected_thread_deaths():
+        sender.start()
+        deadline = time.monotonic() + 30
+        while not any(size > 1 << 20 for size in sizes(node.store.tmp)):
+            assert time.monotonic() < deadline, "the data set never started to arrive"
+            time.sleep(0.01)
+        assoc.abort()
+        sender.join(30)
     deadline = time.monotonic() + 5
     while list(node.store.tmp.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)

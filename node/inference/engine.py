@@ -6,8 +6,9 @@
   the study is abnormal when the probability is above its threshold.
 - Thresholds, first that applies: ``model.thresholds.<study type>`` in the configuration, the first
   card's ``thresholds.<study type>``, the first card's ``thresholds.default``, ``model.threshold``.
-- Images are batched up to ``model.batch_size`` across studies (0: 4 on the CPU, 32 on CUDA, the
-  best measured throughputs); memory stays bounded whatever the study size, because batches are
+- Images are batched up to ``model.batch_size`` across studies (0: the best measured
+  throughputs: 32 on CUDA, 4 on the CPU with two or more threads, 1 on a single thread, where a
+  larger batch runs no faster and would only keep studies from the node's other workers); memory stays bounded whatever the study size, because batches are
   cut at that size and maps stay at feature resolution.
 - Device ``auto`` is CUDA when present. On CUDA the models run with autocast in bf16 or fp16
   (``model.precision``); on the CPU in fp32 with ``model.cpu_threads`` threads. Both use the
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 UNTRAINED_SEED = 0
 AUTO_BATCH_CPU = 4
+AUTO_BATCH_CPU_ONE_THREAD = 1
 AUTO_BATCH_CUDA = 32
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -58,6 +60,17 @@ class StudyResult:
     threshold: float
     abnormal: bool
     images: tuple[ImageResult, ...]
+
+
+def auto_batch_size(device: torch.device) -> int:
+    """The batch ``model.batch_size = 0`` means on ``device`` (docs/performance.md, engine and
+    pipeline): 32 on CUDA; on the CPU 4 with two or more threads (oneDNN's best for DenseNet-169
+    at 320 x 320), 1 on a single thread, where batches of 1 to 6 run equally fast; a worker claims
+    studies until their images fill a batch, so a larger one there would only take studies that
+    another single-threaded worker could be running."""
+    if device.type == "cuda":
+        return AUTO_BATCH_CUDA
+    return AUTO_BATCH_CPU if torch.get_num_threads() > 1 else AUTO_BATCH_CPU_ONE_THREAD
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,7 +104,7 @@ class InferenceEngine:
         self.cuda = device.type == "cuda"
         self.autocast = _AUTOCAST.get(precision) if self.cuda else None
         self.precision = precision if self.autocast is not None else "fp32"
-        self.batch_size = batch_size or (AUTO_BATCH_CUDA if self.cuda else AUTO_BATCH_CPU)
+        self.batch_size = batch_size or auto_batch_size(device)
         self.threshold = threshold
         self.thresholds = dict(thresholds or {})
         self.untrained = untrained

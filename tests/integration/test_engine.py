@@ -21,7 +21,7 @@ from node.inference.cards import (
     sha256_of,
     verify_weights,
 )
-from node.inference.engine import InferenceEngine, resolve_device
+from node.inference.engine import InferenceEngine, auto_batch_size, resolve_device
 from node.inference.model import MuraDenseNet, normalise_cam, upsample_cam
 from node.inference.preprocessing import DicomPreprocessor
 from tests.support.compressed import seeded_model
@@ -290,3 +290,20 @@ def test_serve_checks_its_model_cards_without_pytorch(packed: Path) -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(("threads", "expected"), [(1, 1), (2, 4), (3, 4)])
+def test_the_automatic_cpu_batch_follows_the_model_threads(
+    model: MuraDenseNet, threads: int, expected: int
+) -> None:
+    """On one thread a batch runs no faster (docs/performance.md), so a single-threaded worker
+    claims one study at a time and leaves the others to the node's other workers."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert auto_batch_size(torch.device("cpu")) == expected
+        assert engine_for(model, batch_size=0).batch_size == expected
+        assert engine_for(model, batch_size=6).batch_size == 6  # as configured
+    finally:
+        torch.set_num_threads(previous)
+    assert auto_batch_size(torch.device("cuda")) == 32

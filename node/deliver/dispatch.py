@@ -36,6 +36,7 @@ from node.states import DeliveryState, StudyEventName
 from node.stopflag import StopFlag
 from node.storage import FileStore
 from node.tls import client_context
+from node.wakeup import WakeReceiver
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +71,20 @@ class Dispatcher:
             self._send(destination, deliveries)
         return len(due)
 
-    def run(self, stop: StopFlag) -> None:
+    def run(self, stop: StopFlag, wakeups: WakeReceiver | None = None) -> None:
+        """Delivery rounds until ``stop``; between rounds with nothing to send, wait for the
+        poll interval, or less when ``wakeups`` (serve's, node/wakeup.py) says results were made."""
         while not stop.is_set():
             try:
                 attempted = self.run_once()
             except Exception:
                 log.exception("dispatch round failed; the next round tries again")
                 attempted = 0
-            if not attempted:
+            if attempted:
+                continue
+            if wakeups is not None:
+                wakeups.wait(stop, self.settings.poll_interval_s)
+            else:
                 stop.wait(self.settings.poll_interval_s)
 
     def close(self) -> None:
@@ -189,10 +196,12 @@ class Dispatcher:
         log.log(level, "delivery to %s failed (%s): %s", delivery.destination, state, error)
 
 
-def run_dispatcher_process(config: Config, stop: StopFlag | None = None) -> None:
+def run_dispatcher_process(
+    config: Config, stop: StopFlag | None = None, wakeups: WakeReceiver | None = None
+) -> None:
     dispatcher = Dispatcher(config)
     stop = stop or threading.Event()
     try:
-        dispatcher.run(stop)
+        dispatcher.run(stop, wakeups)
     finally:
         dispatcher.close()

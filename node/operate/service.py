@@ -17,6 +17,7 @@ import signal
 import socket
 import tempfile
 import time
+from collections.abc import Collection
 from datetime import timedelta
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -45,6 +46,7 @@ from node.receive.store_handler import StoreHandler
 from node.stopflag import PipeStop, StopSignals
 from node.storage import FileStore
 from node.tls import client_context, server_description
+from node.wakeup import WakePipe, WakeReceiver, WakeSender
 from node.work.processing import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -83,11 +85,20 @@ class Node:
             threads=config.dicom.max_associations,
             max_dataset_bytes=config.dicom.max_dataset_bytes,
             min_free_bytes=config.storage.min_free_bytes,
-            associations=AssociationLog(self.engine, config.completion.release_trigger_aes, clock),
+            associations=AssociationLog(
+                self.engine,
+                config.completion.release_trigger_aes,
+                clock,
+                studies_released=self._released,
+            ),
+            on_stored=self._stored,
         )
         self.scp = StoreSCP(config.dicom, profile, self.handler)  # loads the TLS files
         self.holds = HoldRenewer(
-            self.scp.studies_in_flight, self.ingest, hold_interval_s(config.completion)
+            self.scp.studies_in_flight,
+            self.ingest,
+            hold_interval_s(config.completion),
+            on_held=self._held,
         )
         for destination in config.destinations:
             client_context(destination)  # a missing or wrong TLS file stops the node here
@@ -101,11 +112,17 @@ class Node:
         # that died; the workers themselves reclaim expired leases (node/work/worker.py).
         self.work_queue = WorkQueue(self.engine, clock, config.worker.max_crashes)
         retention = timedelta(days=config.storage.retention_days)
+        # Wake-ups (node/wakeup.py): a study made READY here wakes an idle worker process, a
+        # study's recorded results wake the dispatcher.
+        self.context = multiprocessing.get_context("spawn")
+        self.worker_wakeups = WakePipe(self.context)
+        self.dispatch_wakeups = WakePipe(self.context)
         self.scheduler = CompletionScheduler(
             Completer(self.engine, clock),
             policy,
             vocabulary,
             config.completion.tick_interval_s,
+            on_ready=WakeSender(self.worker_wakeups.writer).notify,
             housekeeping=(
                 (lambda: purge_delivered(self.engine, self.store, retention, clock))
                 if config.storage.purge_delivered
@@ -114,7 +131,6 @@ class Node:
         )
         if config.worker.processes > 0:
             check_model(config.model)
-        self.context = multiprocessing.get_context("spawn")
         self.stop_reader, self.stop_writer = self.context.Pipe(duplex=False)
         self.children: list[BaseProcess] = []
         self.roles = ["worker"] * config.worker.processes + ["dispatcher"]
@@ -164,12 +180,31 @@ class Node:
                 self.config.completion.release_settle_s,
             )
 
+    def _stored(self, study_instance_uid: str) -> None:
+        """An instance of the study was stored: it may complete a quiet period from now."""
+        self.scheduler.due_in(study_instance_uid, self.config.completion.quiet_period_s, "quiet")
+
+    def _released(self, studies: Collection[str]) -> None:
+        """A release-trigger sender released the association that delivered ``studies``."""
+        for study in studies:
+            self.scheduler.due_in(study, self.config.completion.release_settle_s, "release")
+
+    def _held(self, studies: Collection[str], seconds: float) -> None:
+        """``studies`` are held for ``seconds``: they may complete when the hold ends."""
+        for study in studies:
+            self.scheduler.due_in(study, seconds, "hold")
+
     def _start_child(self, index: int) -> BaseProcess:
         role = self.roles[index]
         number = self.roles[: index + 1].count(role)  # "worker 2": the second worker
+        wakeups = (
+            (self.worker_wakeups.reader, self.dispatch_wakeups.writer)
+            if role == "worker"
+            else (self.dispatch_wakeups.reader, None)
+        )
         process = self.context.Process(
             target=run_child,
-            args=(role, self.config, self.stop_reader, f"mura-node {role} {number}"),
+            args=(role, self.config, self.stop_reader, f"mura-node {role} {number}", *wakeups),
             name=f"mura-node-{role}-{index}",
             daemon=False,
         )
@@ -257,6 +292,8 @@ class Node:
         if self.endpoints is not None:
             self.endpoints.shutdown()
         self.scheduler.stop()
+        self.worker_wakeups.close()
+        self.dispatch_wakeups.close()
         self.engine.dispose()
         log.info("stopped")
 
@@ -289,10 +326,18 @@ def check_model(model: ModelConfig) -> None:
         verify_weights(load_card(Path(card)))
 
 
-def run_child(role: str, config: Config, stop_reader: Connection, title: str = "") -> None:
+def run_child(
+    role: str,
+    config: Config,
+    stop_reader: Connection,
+    title: str = "",
+    wakeups: Connection | None = None,
+    results_made: Connection | None = None,
+) -> None:
     """A worker or dispatcher process: logs like the parent, stops when the parent closes its
     end of the stop pipe, or dies. ``title`` (e.g. "mura-node worker 1") becomes its process
-    title, as `ps` and `top` show it."""
+    title, as `ps` and `top` show it. ``wakeups``: the reading end of its role's wake-up pipe;
+    ``results_made`` (a worker's): the writing end of the dispatcher's (node/wakeup.py)."""
     from setproctitle import setproctitle
 
     from node.logs import configure_logging
@@ -308,11 +353,21 @@ def run_child(role: str, config: Config, stop_reader: Connection, title: str = "
     if role == "worker":
         from node.work.worker import run_worker_process
 
-        run_worker_process(config, stop, workers=config.worker.processes)
+        run_worker_process(
+            config,
+            stop,
+            workers=config.worker.processes,
+            wakeups=WakeReceiver(wakeups) if wakeups is not None else None,
+            results_made=WakeSender(results_made) if results_made is not None else None,
+        )
     else:
         from node.deliver.dispatch import run_dispatcher_process
 
-        run_dispatcher_process(config, stop)
+        run_dispatcher_process(
+            config,
+            stop,
+            wakeups=WakeReceiver(wakeups, take_all=True) if wakeups is not None else None,
+        )
 
 
 def serve(config: Config) -> int:

@@ -24,7 +24,7 @@ import logging
 import threading
 import uuid
 import weakref
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -58,9 +58,15 @@ class AssociationLog:
     aware UTC time stamped on the rows. With no title configured it does nothing."""
 
     def __init__(
-        self, engine: Engine, release_trigger_aes: Collection[str] = (), clock: Clock = utcnow
+        self,
+        engine: Engine,
+        release_trigger_aes: Collection[str] = (),
+        clock: Clock = utcnow,
+        studies_released: Callable[[Collection[str]], object] | None = None,
     ) -> None:
         self.engine = engine
+        # Told the studies of each association released and recorded (serve: their due time).
+        self.studies_released = studies_released
         self.release_trigger_aes = frozenset(release_trigger_aes)
         self.clock = clock
         self._lock = threading.Lock()
@@ -128,6 +134,8 @@ class AssociationLog:
                 exc.__class__.__name__,
             )
             return
+        if ending is AssociationEnding.RELEASED and self.studies_released is not None:
+            self.studies_released(frozenset(delivering.studies))
         log.debug(
             "association from %s %s after delivering %d studies",
             delivering.calling_ae_title,

@@ -42,8 +42,10 @@ class HoldRenewer:
         studies_in_flight: Callable[[], Collection[str]],
         records: IngestRecords,
         interval_s: float,
+        on_held: Callable[[Collection[str], float], object] | None = None,
     ) -> None:
         self.studies_in_flight = studies_in_flight
+        self.on_held = on_held  # told the studies held and for how many seconds
         self.records = records
         self.interval_s = interval_s
         self.lease = timedelta(seconds=LEASE_INTERVALS * interval_s)
@@ -57,7 +59,10 @@ class HoldRenewer:
         studies = self.studies_in_flight()
         if not studies:
             return 0
-        return self.records.hold_studies(studies, self.lease)
+        held = self.records.hold_studies(studies, self.lease)
+        if self.on_held is not None:
+            self.on_held(studies, self.lease.total_seconds())
+        return held
 
     def start(self) -> None:
         self._stop.clear()

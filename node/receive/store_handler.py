@@ -146,6 +146,7 @@ class StoreHandler:
         max_dataset_bytes: int = 0,
         min_free_bytes: int = 0,
         associations: AssociationLog | None = None,
+        on_stored: Callable[[str], object] | None = None,
     ) -> None:
         self.store = store
         self.records = records
@@ -156,6 +157,8 @@ class StoreHandler:
         self.transfers = Transfers()
         # The associations of release-trigger senders, recorded before their instances.
         self.associations = associations
+        # Told the StudyInstanceUID of each instance stored (serve: the study's due time).
+        self.on_stored = on_stored
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -230,6 +233,8 @@ class StoreHandler:
                 self.store.remove(relative)
             raise
         self.transfers.stored(event.assoc, header.study_instance_uid)
+        if self.on_stored is not None:
+            self.on_stored(header.study_instance_uid)
         metrics.instance_received(
             result.outcome if role is Role.ANALYSE else IngestOutcome.NOT_ANALYSED
         )

@@ -58,6 +58,7 @@ from node.results.sanitise import clean_source, summarise
 from node.states import ResultKind
 from node.stopflag import StopFlag
 from node.storage import FileStore
+from node.wakeup import WakeReceiver, WakeSender
 from node.work.processing import ClaimedStudy, StudyImage, WorkQueue
 from node.work.result_set import ResultSetWriter, StudyEvidence, algorithm_info, node_identity
 
@@ -116,6 +117,10 @@ class Worker:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
         self.lease = timedelta(seconds=config.worker.lease_s)
         self.pending: list[Future[None]] = []
+        # serve's wake-ups (node/wakeup.py): READY studies wake this worker; recorded results
+        # wake the dispatcher. None: the polls alone.
+        self.wakeups: WakeReceiver | None = None
+        self.results_made: WakeSender | None = None
 
     def run_once(self) -> bool:
         """Start processing a batch of READY studies if there is one; say whether there was.
@@ -164,7 +169,11 @@ class Worker:
         heartbeat.start()
         try:
             while not stop.is_set():
-                if not self.run_once():
+                if self.run_once():
+                    continue
+                if self.wakeups is not None:
+                    self.wakeups.wait(stop, self.config.worker.poll_interval_s)
+                else:
                     stop.wait(self.config.worker.poll_interval_s)
             self.drain()
         finally:
@@ -344,6 +353,8 @@ class Worker:
                 short_uid(claimed.study_instance_uid),
             )
             return
+        if self.results_made is not None and self.config.destinations:
+            self.results_made.notify()
         log.info("study %s: %s", short_uid(claimed.study_instance_uid), summary)
 
 
@@ -389,13 +400,21 @@ def worker_model_config(model: ModelConfig, workers: int) -> ModelConfig:
     return replace(model, cpu_threads=threads)
 
 
-def run_worker_process(config: Config, stop: StopFlag | None = None, workers: int = 1) -> None:
+def run_worker_process(
+    config: Config,
+    stop: StopFlag | None = None,
+    workers: int = 1,
+    wakeups: WakeReceiver | None = None,
+    results_made: WakeSender | None = None,
+) -> None:
     """Entry point of a worker process, one of ``workers`` on this machine (`serve` starts
     ``worker.processes``; `mura-node worker` is one): loads the model, with the CPU cores shared
     out among the workers (`cpu_threads_per_worker`, from PyTorch's default in this new
-    process), builds the worker's collaborators and runs until ``stop`` is set."""
+    process), builds the worker's collaborators and runs until ``stop`` is set; `serve`'s
+    ``wakeups`` and ``results_made`` (node/wakeup.py), when given, wake it and the dispatcher."""
     inference = InferenceEngine.from_config(worker_model_config(config.model, workers))
     worker = build_worker(config, inference)
+    worker.wakeups, worker.results_made = wakeups, results_made
     log.info(
         "inference worker %d started: %s on %s (%s); queue %s",
         os.getpid(),

@@ -3,7 +3,10 @@
 A real Orthanc (loopback) is the destination; dcmtk's storescu sends ``--studies`` studies of
 three 512 x 512 CR images each, one association per study, as fast as it can; `serve` runs with
 ``--workers`` worker processes (1, the node's default; each runs the model on its share of the
-cores) and the untrained model (speed does not depend on the weights).
+cores) and the untrained model (speed does not depend on the weights); a quiet period of 1 s, and
+the node's defaults otherwise (a study is checked when its quiet period ends, and the worker and
+the dispatcher are woken when there is work for them, so the periodic tick and the polls need
+not be short).
 
 Reported, in the same run:
 (a) node throughput: images per second from the first study becoming READY to the last study's
@@ -60,14 +63,10 @@ port = {port}
 data_dir = "{data}"
 [completion]
 quiet_period_s = 1.0
-tick_interval_s = 0.1
 [model]
 allow_untrained = true
 [worker]
 processes = {workers}
-poll_interval_s = 0.1
-[dispatch]
-poll_interval_s = 0.1
 [service]
 log_level = "WARNING"
 [[destinations]]

@@ -73,10 +73,14 @@ class WakeReceiver:
         self.fd = reader.fileno()
         self._reader = reader
         self.take = 65536 if take_all else 1
+        self.closed = False
         os.set_blocking(self.fd, False)
 
     def wait(self, stop: StopFlag, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a wake-up or for ``stop``; True when woken."""
+        if self.closed:  # every writer is gone (serve too): only the poll is left
+            stop.wait(timeout)
+            return False
         watched: list[object] = [self._reader]
         if isinstance(stop, PipeStop):
             watched.append(stop.reader)
@@ -84,7 +88,20 @@ class WakeReceiver:
             return False
         if self._reader not in wait(watched, timeout):  # type: ignore[arg-type]
             return False
-        try:
-            return bool(os.read(self.fd, self.take))
-        except BlockingIOError:  # another reader took it
+        return self._read(self.take)
+
+    def drain(self) -> None:
+        """Drop the wake-ups waiting (they were for work already taken)."""
+        while self._read(65536):
+            pass
+
+    def _read(self, size: int) -> bool:
+        if self.closed:
             return False
+        try:
+            data = os.read(self.fd, size)
+        except BlockingIOError:  # nothing (another reader took it)
+            return False
+        if not data:
+            self.closed = True
+        return bool(data)

@@ -18,16 +18,19 @@ from node.states import StudyState
 
 log = logging.getLogger(__name__)
 
+MAX_DUE_PASSES = 16  # due passes running at once (each waits for the database)
+
 
 class CompletionScheduler:
     """Runs ``completer`` every ``interval_s`` seconds, and ``housekeeping`` (when given) every
     ``housekeeping_interval_s`` seconds, on APScheduler's background thread.
 
-    Between those ticks, a study whose due time the SCP announces (`due_in`: its last image plus
-    the quiet period, its association's release plus the settle time, the end of its hold) gets
-    a tick of its own when that time comes, so that it completes then rather than up to
-    ``interval_s`` later; the periodic tick still finds every study (those received by other
-    processes, the force timeout).
+    Between those ticks, when a due time that the SCP announced comes (`due_in`: a study's last
+    image plus the quiet period, its association's release plus the settle time, the end of its
+    hold), a pass runs then, so that the study completes at that time rather than up to
+    ``interval_s`` later. The periodic tick still finds every study: those received by other
+    processes or before a restart (announced times live in memory), the force timeout, a study
+    whose pass failed.
     ``on_ready`` (when given) is told how many studies a tick made READY (`serve` wakes its
     workers with it, node/wakeup.py).
 
@@ -46,6 +49,8 @@ class CompletionScheduler:
     ) -> None:
         self.on_ready = on_ready
         self._due: dict[str, dict[str, datetime]] = {}  # study -> reason -> its time
+        self._armed: datetime | None = None  # when the due job runs next
+        self._stopping = False
         self._due_lock = threading.Lock()
         self.housekeeping = housekeeping
         self.housekeeping_interval_s = housekeeping_interval_s
@@ -75,46 +80,59 @@ class CompletionScheduler:
         return outcomes
 
     def due_in(self, study_instance_uid: str, seconds: float, reason: str) -> None:
-        """The study may complete ``seconds`` from now for ``reason`` ("quiet": its last image
-        plus the quiet period; "release": its association's release plus the settle time;
-        "hold": the end of its hold): tick then. Each reason keeps its latest time; the study's
-        one APScheduler job waits for the earliest of them, and a tick that comes before a time
-        announced since waits again for the next."""
-        when = datetime.now(UTC) + timedelta(seconds=seconds)
+        """The study may complete ``seconds`` from now for ``reason`` ("quiet", "release",
+        "hold"): run a pass then. Each study keeps the latest time of each reason (a new image
+        moves its quiet time on); one APScheduler job, for all studies, waits for the earliest
+        time announced, runs one pass for every time that has come, and waits for the next."""
+        now = datetime.now(UTC)
+        when = now + timedelta(seconds=seconds)
         with self._due_lock:
-            times = self._due.setdefault(study_instance_uid, {})
-            earliest = min(times.values(), default=None)
-            times[reason] = when
-            if earliest is None or when < earliest:
-                self._at(study_instance_uid, when)
+            if self._stopping or not self._scheduler.running:
+                return
+            self._due.setdefault(study_instance_uid, {})[reason] = when
+            if self._armed is None or when < self._armed or self._armed <= now:
+                self._arm(when)  # (an armed time already past: its run may have been skipped)
 
-    def _at(self, study_instance_uid: str, when: datetime) -> None:
-        """(Re)schedule the study's job at ``when``; called holding ``_due_lock``."""
-        if not self._scheduler.running:
+    def _arm(self, when: datetime) -> None:
+        """(Re)schedule the due job at ``when``; called holding ``_due_lock``."""
+        if self._stopping:
             return
+        self._armed = when
         self._scheduler.add_job(
-            self._due_tick,
+            self._due_pass,
             "date",
             run_date=when,
-            args=(study_instance_uid,),
             misfire_grace_time=None,  # late (a busy machine) is still worth running
-            id=f"due {study_instance_uid}",
+            # A time that comes while a pass runs starts another (passes are safe to overlap);
+            # with APScheduler's default of one instance it would be skipped and lost.
+            max_instances=MAX_DUE_PASSES,
+            id="due",
             replace_existing=True,
         )
 
-    def _due_tick(self, study_instance_uid: str) -> None:
+    def _due_pass(self) -> None:
+        """The due job: forget the times that have come, run one pass if any did, then wait for
+        the earliest time left (armed after the pass, so that a time announced during it and
+        already past runs at once)."""
         now = datetime.now(UTC)
         with self._due_lock:
-            times = self._due.get(study_instance_uid, {})
-            passed = [reason for reason, when in times.items() if when <= now]
-            for reason in passed:
-                del times[reason]
-            if times:
-                self._at(study_instance_uid, min(times.values()))
-            else:
-                self._due.pop(study_instance_uid, None)
-        if passed:
+            self._armed = None
+            came = False
+            for study, times in list(self._due.items()):
+                for reason in [reason for reason, when in times.items() if when <= now]:
+                    del times[reason]
+                    came = True
+                if not times:
+                    del self._due[study]
+        if came:
             self.tick()
+        with self._due_lock:
+            earliest = min((min(t.values()) for t in self._due.values()), default=None)
+            armed = self._armed
+            if earliest is not None and (
+                armed is None or earliest < armed or armed <= datetime.now(UTC)
+            ):
+                self._arm(earliest)
 
     def start(self) -> None:
         self._every(self.tick, self.interval_s, "completion")
@@ -142,5 +160,7 @@ class CompletionScheduler:
             log.exception("housekeeping (retention purge) failed; it runs again later")
 
     def stop(self) -> None:
+        with self._due_lock:  # no due job is added once shutdown holds APScheduler's locks
+            self._stopping = True
         if self._scheduler.running:
             self._scheduler.shutdown(wait=True)

@@ -182,17 +182,24 @@ class Node:
 
     def _stored(self, study_instance_uid: str) -> None:
         """An instance of the study was stored: it may complete a quiet period from now."""
-        self.scheduler.due_in(study_instance_uid, self.config.completion.quiet_period_s, "quiet")
+        self._due([study_instance_uid], self.config.completion.quiet_period_s, "quiet")
 
     def _released(self, studies: Collection[str]) -> None:
         """A release-trigger sender released the association that delivered ``studies``."""
-        for study in studies:
-            self.scheduler.due_in(study, self.config.completion.release_settle_s, "release")
+        self._due(studies, self.config.completion.release_settle_s, "release")
 
     def _held(self, studies: Collection[str], seconds: float) -> None:
         """``studies`` are held for ``seconds``: they may complete when the hold ends."""
-        for study in studies:
-            self.scheduler.due_in(study, seconds, "hold")
+        self._due(studies, seconds, "hold")
+
+    def _due(self, studies: Collection[str], seconds: float, reason: str) -> None:
+        """Tell the scheduler when ``studies`` may complete; an error here (the scheduler
+        stopping) never reaches the C-STORE or the hold: the periodic tick still finds them."""
+        try:
+            for study in studies:
+                self.scheduler.due_in(study, seconds, reason)
+        except Exception:
+            log.exception("cannot schedule the completion check of %d study(ies)", len(studies))
 
     def _start_child(self, index: int) -> BaseProcess:
         role = self.roles[index]

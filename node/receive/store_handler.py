@@ -133,6 +133,10 @@ class Transfers:
         return found
 
 
+# Outcomes that move a study's last arrival, and so its quiet period (a duplicate does not).
+ANNOUNCED = frozenset({IngestOutcome.STORED, IngestOutcome.REPLACED})
+
+
 class StoreHandler:
     """EVT_C_STORE: durable store, then database row, then success; statuses for everything else."""
 
@@ -233,7 +237,7 @@ class StoreHandler:
                 self.store.remove(relative)
             raise
         self.transfers.stored(event.assoc, header.study_instance_uid)
-        if self.on_stored is not None:
+        if self.on_stored is not None and result.outcome in ANNOUNCED:
             self.on_stored(header.study_instance_uid)
         metrics.instance_received(
             result.outcome if role is Role.ANALYSE else IngestOutcome.NOT_ANALYSED

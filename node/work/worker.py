@@ -168,13 +168,20 @@ class Worker:
         heartbeat = threading.Thread(target=self._heartbeat, args=(done,), name="heartbeat")
         heartbeat.start()
         try:
+            woken = False
             while not stop.is_set():
                 if self.run_once():
-                    continue
-                if self.wakeups is not None:
-                    self.wakeups.wait(stop, self.config.worker.poll_interval_s)
-                else:
+                    woken = False
+                elif self.wakeups is None:
                     stop.wait(self.config.worker.poll_interval_s)
+                elif woken:
+                    # Woken for nothing: the wake-ups left were for studies already claimed
+                    # (one per READY study, while this worker was busy). Drop them, and look once
+                    # more, for a study made READY just now.
+                    self.wakeups.drain()
+                    woken = False
+                else:
+                    woken = self.wakeups.wait(stop, self.config.worker.poll_interval_s)
             self.drain()
         finally:
             done.set()

@@ -39,7 +39,7 @@ from node.operate.retention import purge_delivered
 from node.operate.status import untrained_model
 from node.profiles import load_storage_profile, load_vocabulary
 from node.receive.associations import AssociationLog
-from node.receive.holds import HoldRenewer, hold_interval_s
+from node.receive.holds import HoldRenewer, hold_interval_s, hold_lease_s
 from node.receive.ingest import IngestRecords
 from node.receive.scp import StoreSCP
 from node.receive.store_handler import StoreHandler
@@ -99,6 +99,7 @@ class Node:
             self.ingest,
             hold_interval_s(config.completion),
             on_held=self._held,
+            lease_s=hold_lease_s(config.completion),
         )
         for destination in config.destinations:
             client_context(destination)  # a missing or wrong TLS file stops the node here
@@ -117,12 +118,13 @@ class Node:
         self.context = multiprocessing.get_context("spawn")
         self.worker_wakeups = WakePipe(self.context)
         self.dispatch_wakeups = WakePipe(self.context)
+        self._wake_workers = WakeSender(self.worker_wakeups.writer)
         self.scheduler = CompletionScheduler(
             Completer(self.engine, clock),
             policy,
             vocabulary,
             config.completion.tick_interval_s,
-            on_ready=WakeSender(self.worker_wakeups.writer).notify,
+            on_ready=self._wake_workers.notify,
             housekeeping=(
                 (lambda: purge_delivered(self.engine, self.store, retention, clock))
                 if config.storage.purge_delivered
@@ -256,6 +258,7 @@ class Node:
             return
         if released:
             log.warning("the study the worker was processing went back to the queue")
+            self._wake_workers.notify(released)
 
     def _counts(self) -> dict[str, dict[str, int]]:
         from sqlalchemy.orm import Session

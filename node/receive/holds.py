@@ -34,6 +34,14 @@ def hold_interval_s(completion: CompletionConfig) -> float:
     return max(MIN_INTERVAL_S, min(completion.tick_interval_s, completion.quiet_period_s / 4, 1.0))
 
 
+def hold_lease_s(completion: CompletionConfig) -> float:
+    """How long one renewal holds a study, in seconds: ``LEASE_INTERVALS`` renewal intervals,
+    but never longer than the quiet period. A hold is last renewed while its data set is still
+    arriving, so a longer lease would outlast the quiet period after the data set was stored,
+    and the study would wait for a hold with nothing in flight (and say so in its history)."""
+    return min(LEASE_INTERVALS * hold_interval_s(completion), completion.quiet_period_s)
+
+
 class HoldRenewer:
     """Renews the holds of the studies with a data set in flight, on its own thread."""
 
@@ -43,12 +51,13 @@ class HoldRenewer:
         records: IngestRecords,
         interval_s: float,
         on_held: Callable[[Collection[str], float], object] | None = None,
+        lease_s: float | None = None,
     ) -> None:
         self.studies_in_flight = studies_in_flight
         self.on_held = on_held  # told the studies held and for how many seconds
         self.records = records
         self.interval_s = interval_s
-        self.lease = timedelta(seconds=LEASE_INTERVALS * interval_s)
+        self.lease = timedelta(seconds=lease_s or LEASE_INTERVALS * interval_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False

@@ -8,6 +8,7 @@ modality, a pynetdicom storage SCP as the PACS.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,12 @@ def test_a_study_completes_its_quiet_period_after_its_last_image_not_at_the_next
     try:
         uid = send(serve, tmp_path, "study")
         wait_for(lambda: study_state(serve, uid) == "READY", timeout=60, what="READY")
+        shown = serve.command("studies", "show", uid, "--json")
+        assert shown.returncode == 0, shown.stderr
+        events = [event["event"] for event in json.loads(shown.stdout)["history"]]
+        # Nothing was in flight when the quiet period ended: the hold set while the images
+        # arrived has lapsed by then (node/receive/holds.py hold_lease_s).
+        assert "held" not in events, events
     finally:
         serve.stop()
 

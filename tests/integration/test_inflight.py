@@ -190,6 +190,33 @@ def test_a_stalled_image_holds_its_study_until_it_arrives(
     assert str(events[-1][1]).startswith("quiet period passed after waiting for an image in flight")
 
 
+def test_a_hold_ends_by_the_time_the_quiet_period_after_its_image_does(
+    make_node: Callable[..., Node], proxies: Callable[[int], StallingProxy], tmp_path: Path
+) -> None:
+    """Real time: a 1 s quiet period, holds renewed every 0.25 s, the sender stalled for 0.6 s
+    mid-image (shorter than the quiet period), no periodic tick. The study is checked when the
+    quiet period after its last image ends; the hold renewed while that image arrived has lapsed
+    by then, so the study is READY then, with no hold in its history."""
+    node = make_node(
+        completion={"quiet_period_s": 1.0, "tick_interval_s": 3600.0, "force_complete_s": 3600.0},
+        dicom=SMALL_PDU,
+    )
+    uid = generate_uid()
+    proxy = proxies(node.scp.port)
+    sender = Sender(proxy.port, list(small_and_large(tmp_path, uid)))
+    assert proxy.stalled.wait(30), "the sender never reached the stall"
+    wait_for(lambda: study_row(node, uid).held_until is not None, timeout=10, what="the hold")
+    time.sleep(0.6)
+    proxy.release()
+    sender.wait()
+    wait_for(
+        lambda: study_row(node, uid).state != "RECEIVING",
+        timeout=30.0,
+        what="the study to complete",
+    )
+    assert [event for event, _ in history(node, uid)] == ["opened", "ready"]
+
+
 def test_an_image_in_flight_on_a_new_association_holds_its_study(
     make_node: Callable[..., Node], proxies: Callable[[int], StallingProxy], tmp_path: Path
 ) -> None:

@@ -14,11 +14,15 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from node.complete.completer import CompletionOutcome
 from node.complete.completion import CompletionPolicy
 from node.complete.scheduler import CompletionScheduler
+from node.config_sections import CompletionConfig
 from node.profiles import load_vocabulary
+from node.receive.holds import LEASE_INTERVALS, hold_interval_s, hold_lease_s
 from node.wakeup import WakePipe, WakeReceiver, WakeSender
 from tests.support.serve import wait_for
 
@@ -165,3 +169,20 @@ def test_with_every_writer_gone_the_receiver_falls_back_to_its_poll(pipe: WakePi
     started = time.monotonic()
     assert receiver.wait(Never(), 0.2) is False
     assert time.monotonic() - started >= 0.2  # waited for its poll instead of spinning
+
+
+@given(
+    quiet=st.floats(min_value=0.2, max_value=3600.0),
+    tick=st.floats(min_value=0.05, max_value=3600.0),
+)
+def test_a_hold_never_outlasts_the_quiet_period_and_survives_missed_renewals(
+    quiet: float, tick: float
+) -> None:
+    """A hold is last renewed while its data set arrives: a lease longer than the quiet period
+    would hold the study after its images were stored, with nothing in flight."""
+    completion = CompletionConfig(
+        quiet_period_s=quiet, tick_interval_s=tick, force_complete_s=max(quiet, 900.0)
+    )
+    lease, interval = hold_lease_s(completion), hold_interval_s(completion)
+    assert lease <= quiet
+    assert lease >= min(LEASE_INTERVALS, 4) * interval - 1e-9  # renewals may be missed

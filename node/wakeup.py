@@ -105,3 +105,12 @@ class WakeReceiver:
         if not data:
             self.closed = True
         return bool(data)
+
+
+def wait_for_work(stop: StopFlag, wakeups: WakeReceiver | None, timeout: float) -> bool:
+    """An idle worker's or dispatcher's wait: up to ``timeout`` seconds (its poll interval) for
+    ``stop`` or, when it has them, a wake-up; True when woken."""
+    if wakeups is None:
+        stop.wait(timeout)
+        return False
+    return wakeups.wait(stop, timeout)

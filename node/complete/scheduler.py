@@ -90,12 +90,13 @@ class CompletionScheduler:
             if self._stopping or not self._scheduler.running:
                 return
             self._due.setdefault(study_instance_uid, {})[reason] = when
-            if self._armed is None or when < self._armed or self._armed <= now:
-                self._arm(when)  # (an armed time already past: its run may have been skipped)
+            self._arm(when, now)
 
-    def _arm(self, when: datetime) -> None:
-        """(Re)schedule the due job at ``when``; called holding ``_due_lock``."""
-        if self._stopping:
+    def _arm(self, when: datetime, now: datetime) -> None:
+        """Schedule the due job at ``when`` unless it already runs sooner (an armed time
+        already past is armed again: its run may have been skipped); holding ``_due_lock``."""
+        armed = self._armed
+        if self._stopping or (armed is not None and now < armed <= when):
             return
         self._armed = when
         self._scheduler.add_job(
@@ -128,11 +129,8 @@ class CompletionScheduler:
             self.tick()
         with self._due_lock:
             earliest = min((min(t.values()) for t in self._due.values()), default=None)
-            armed = self._armed
-            if earliest is not None and (
-                armed is None or earliest < armed or armed <= datetime.now(UTC)
-            ):
-                self._arm(earliest)
+            if earliest is not None:
+                self._arm(earliest, datetime.now(UTC))
 
     def start(self) -> None:
         self._every(self.tick, self.interval_s, "completion")

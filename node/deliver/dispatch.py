@@ -36,7 +36,7 @@ from node.states import DeliveryState, StudyEventName
 from node.stopflag import StopFlag
 from node.storage import FileStore
 from node.tls import client_context
-from node.wakeup import WakeReceiver
+from node.wakeup import WakeReceiver, wait_for_work
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,8 @@ class Dispatcher:
             except Exception:
                 log.exception("dispatch round failed; the next round tries again")
                 attempted = 0
-            if attempted:
-                continue
-            if wakeups is not None:
-                wakeups.wait(stop, self.settings.poll_interval_s)
-            else:
-                stop.wait(self.settings.poll_interval_s)
+            if not attempted:
+                wait_for_work(stop, wakeups, self.settings.poll_interval_s)
 
     def close(self) -> None:
         self.db.dispose()

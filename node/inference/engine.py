@@ -6,10 +6,9 @@
   the study is abnormal when the probability is above its threshold.
 - Thresholds, first that applies: ``model.thresholds.<study type>`` in the configuration, the first
   card's ``thresholds.<study type>``, the first card's ``thresholds.default``, ``model.threshold``.
-- Images are batched up to ``model.batch_size`` across studies (0: the best measured
-  throughputs: 32 on CUDA, 4 on the CPU with two or more threads, 1 on a single thread, where a
-  larger batch runs no faster and would only keep studies from the node's other workers); memory stays bounded whatever the study size, because batches are
-  cut at that size and maps stay at feature resolution.
+- Images are batched up to ``model.batch_size`` across studies (0: `auto_batch_size`, the best
+  measured throughputs); memory stays bounded whatever the study size, because batches are cut
+  at that size and maps stay at feature resolution.
 - Device ``auto`` is CUDA when present. On CUDA the models run with autocast in bf16 or fp16
   (``model.precision``); on the CPU in fp32 with ``model.cpu_threads`` threads. Both use the
   channels-last memory layout unless ``model.channels_last`` is false (on the CPU it lets oneDNN

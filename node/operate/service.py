@@ -39,7 +39,7 @@ from node.operate.retention import purge_delivered
 from node.operate.status import untrained_model
 from node.profiles import load_storage_profile, load_vocabulary
 from node.receive.associations import AssociationLog
-from node.receive.holds import HoldRenewer, hold_interval_s, hold_lease_s
+from node.receive.holds import HoldRenewer
 from node.receive.ingest import IngestRecords
 from node.receive.scp import StoreSCP
 from node.receive.store_handler import StoreHandler
@@ -97,9 +97,8 @@ class Node:
         self.holds = HoldRenewer(
             self.scp.studies_in_flight,
             self.ingest,
-            hold_interval_s(config.completion),
+            config.completion,
             on_held=self._held,
-            lease_s=hold_lease_s(config.completion),
         )
         for destination in config.destinations:
             client_context(destination)  # a missing or wrong TLS file stops the node here

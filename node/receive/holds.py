@@ -49,15 +49,14 @@ class HoldRenewer:
         self,
         studies_in_flight: Callable[[], Collection[str]],
         records: IngestRecords,
-        interval_s: float,
+        completion: CompletionConfig,
         on_held: Callable[[Collection[str], float], object] | None = None,
-        lease_s: float | None = None,
     ) -> None:
         self.studies_in_flight = studies_in_flight
         self.on_held = on_held  # told the studies held and for how many seconds
         self.records = records
-        self.interval_s = interval_s
-        self.lease = timedelta(seconds=lease_s or LEASE_INTERVALS * interval_s)
+        self.interval_s = hold_interval_s(completion)
+        self.lease = timedelta(seconds=hold_lease_s(completion))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False

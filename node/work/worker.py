@@ -58,7 +58,7 @@ from node.results.sanitise import clean_source, summarise
 from node.states import ResultKind
 from node.stopflag import StopFlag
 from node.storage import FileStore
-from node.wakeup import WakeReceiver, WakeSender
+from node.wakeup import WakeReceiver, WakeSender, wait_for_work
 from node.work.processing import ClaimedStudy, StudyImage, WorkQueue
 from node.work.result_set import ResultSetWriter, StudyEvidence, algorithm_info, node_identity
 
@@ -172,16 +172,14 @@ class Worker:
             while not stop.is_set():
                 if self.run_once():
                     woken = False
-                elif self.wakeups is None:
-                    stop.wait(self.config.worker.poll_interval_s)
-                elif woken:
+                elif woken and self.wakeups is not None:
                     # Woken for nothing: the wake-ups left were for studies already claimed
                     # (one per READY study, while this worker was busy). Drop them, and look once
                     # more, for a study made READY just now.
                     self.wakeups.drain()
                     woken = False
                 else:
-                    woken = self.wakeups.wait(stop, self.config.worker.poll_interval_s)
+                    woken = wait_for_work(stop, self.wakeups, self.config.worker.poll_interval_s)
             self.drain()
         finally:
             done.set()

@@ -157,18 +157,32 @@ def history(node: Node, uid: str) -> list[tuple[str, str | None]]:
     return study_events(node.engine, uid)
 
 
+def stalled_study(
+    make_node: Callable[..., Node],
+    make_proxy: Callable[[int], StallingProxy],
+    directory: Path,
+    completion: dict[str, float],
+) -> tuple[Node, str, StallingProxy, Sender]:
+    """A node with ``completion`` settings and a small PDU, and storescu sending it a small then a
+    large image of one new study through a proxy, stalled inside the large image."""
+    node = make_node(completion=completion, dicom=SMALL_PDU)
+    uid = generate_uid()
+    proxy = make_proxy(node.scp.port)
+    sender = Sender(proxy.port, list(small_and_large(directory, uid)))
+    assert proxy.stalled.wait(30), "the sender never reached the stall"
+    return node, uid, proxy, sender
+
+
 def test_a_stalled_image_holds_its_study_until_it_arrives(
     make_node: Callable[..., Node], proxies: Callable[[int], StallingProxy], tmp_path: Path
 ) -> None:
     """Real time: a 1 s quiet period, a 0.2 s tick, the sender stalled for 4 s mid-image."""
-    node = make_node(
-        completion={"quiet_period_s": 1.0, "tick_interval_s": 0.2, "force_complete_s": 120.0},
-        dicom=SMALL_PDU,
+    node, uid, proxy, sender = stalled_study(
+        make_node,
+        proxies,
+        tmp_path,
+        {"quiet_period_s": 1.0, "tick_interval_s": 0.2, "force_complete_s": 120.0},
     )
-    uid = generate_uid()
-    proxy = proxies(node.scp.port)
-    sender = Sender(proxy.port, list(small_and_large(tmp_path, uid)))
-    assert proxy.stalled.wait(30), "the sender never reached the stall"
     stalled_at = time.monotonic()
     while time.monotonic() - stalled_at < 4.0:  # four quiet periods
         row = study_row(node, uid)
@@ -197,14 +211,12 @@ def test_a_hold_ends_by_the_time_the_quiet_period_after_its_image_does(
     mid-image (shorter than the quiet period), no periodic tick. The study is checked when the
     quiet period after its last image ends; the hold renewed while that image arrived has lapsed
     by then, so the study is READY then, with no hold in its history."""
-    node = make_node(
-        completion={"quiet_period_s": 1.0, "tick_interval_s": 3600.0, "force_complete_s": 3600.0},
-        dicom=SMALL_PDU,
+    node, uid, proxy, sender = stalled_study(
+        make_node,
+        proxies,
+        tmp_path,
+        {"quiet_period_s": 1.0, "tick_interval_s": 3600.0, "force_complete_s": 3600.0},
     )
-    uid = generate_uid()
-    proxy = proxies(node.scp.port)
-    sender = Sender(proxy.port, list(small_and_large(tmp_path, uid)))
-    assert proxy.stalled.wait(30), "the sender never reached the stall"
     wait_for(lambda: study_row(node, uid).held_until is not None, timeout=10, what="the hold")
     time.sleep(0.6)
     proxy.release()

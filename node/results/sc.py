@@ -101,15 +101,22 @@ def blend_heatmap(unit: np.ndarray, cam: np.ndarray, max_side: int = MAX_SIDE) -
     base = image[0, 0].clamp(0, 1).numpy()
     heat = normalise_cam(upsample_cam(torch.from_numpy(cam), *size)).numpy()
     # Colour goes only where the map exceeds the floor; elsewhere its opacity is 0 and the
-    # radiograph stays as it is, so only those pixels are blended (the same values, less work).
-    shown = heat > EVIDENCE_FLOOR
-    evidence = heat[shown]
+    # radiograph stays as it is: those pixels are converted to 8 bits once, in gray, and only the
+    # shown ones are blended in floating point (the same values as blending every pixel).
+    shown = np.flatnonzero(heat > EVIDENCE_FLOOR)
+    evidence = heat.ravel()[shown]
     alpha = (MAX_OPACITY * np.clip((evidence - EVIDENCE_FLOOR) / (1 - EVIDENCE_FLOOR), 0, 1))[
         :, None
     ]
-    blended = np.repeat(base[..., None], 3, axis=2)
-    blended[shown] = base[shown][:, None] * (1 - alpha) + colour_ramp(evidence) * alpha
-    return np.round(np.clip(blended, 0, 1) * 255).astype(np.uint8)
+    mixed = base.ravel()[shown][:, None] * (1 - alpha) + colour_ramp(evidence) * alpha
+    blended = np.repeat(_to_8_bits(base)[..., None], 3, axis=2)
+    blended.reshape(-1, 3)[shown] = _to_8_bits(mixed)
+    return blended
+
+
+def _to_8_bits(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (clipped) to uint8, rounded to the nearest."""
+    return np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)
 
 
 def scale_colours() -> np.ndarray:

@@ -92,6 +92,8 @@ def _warn_missing_font(path: Path) -> None:
 def wrap(text: str, face: Font, width: float) -> list[str]:
     """``text`` split at spaces into lines no wider than ``width`` pixels (a single word that is
     wider stays whole on its own line: a checksum is never cut)."""
+    if face.getlength(text) <= width:
+        return [text]  # the usual case: one measure instead of one per word
     lines: list[str] = []
     current = ""
     for word in text.split(" "):
@@ -129,6 +131,7 @@ def text_band(lines: Sequence[Line], width: int, unit: int | None = None) -> np.
     return np.asarray(band)
 
 
+@lru_cache(maxsize=64)
 def _line_height(face: Font) -> int:
     _left, top, _right, bottom = face.getbbox("Ag")
     return round((bottom - top) * 1.5)

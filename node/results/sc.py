@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -124,14 +125,22 @@ def scale_colours() -> np.ndarray:
     return colour_ramp(np.linspace(EVIDENCE_FLOOR, 1.0, 64, dtype=np.float32))
 
 
+@lru_cache(maxsize=32)
+def scale_band(width: int, unit: int) -> np.ndarray:
+    """The colour scale band drawn under every heatmap and the summary (`colour_scale` of
+    `scale_colours`), drawn once per size: RGB uint8 (height, ``width``, 3), read-only."""
+    band = colour_scale(scale_colours(), width, SCALE_LABEL, unit)
+    band.setflags(write=False)
+    return band
+
+
 def annotate_heatmap(blended: np.ndarray, caption: HeatmapCaption) -> np.ndarray:
     """The banner above the blended radiograph (H, W, 3) and the colour scale below it, on a canvas
     at least `MIN_WIDTH` wide (the radiograph centred): RGB uint8 (H + bands, max(W, 640), 3)."""
     width = max(blended.shape[1], MIN_WIDTH)
     unit = font_unit(width)
     banner = text_band(caption.lines(), width, unit)
-    scale = colour_scale(scale_colours(), width, SCALE_LABEL, unit)
-    return stack([banner, blended, scale], width)
+    return stack([banner, blended, scale_band(width, unit)], width)
 
 
 def render_heatmap(

@@ -28,15 +28,14 @@ from PIL import Image
 from pydicom.dataset import Dataset
 
 from node.inference.engine import StudyResult
-from node.results.drawing import Line, Style, colour_scale, font_unit, stack, text_band
+from node.results.drawing import Line, Style, font_unit, stack, text_band
 from node.results.identity import AlgorithmInfo, NodeIdentity, add_study_level
 from node.results.order import SourcePosition
 from node.results.sc import (
     NOT_FOR_DIAGNOSIS,
-    SCALE_LABEL,
     UNTRAINED_BANNER,
     rgb_secondary_capture,
-    scale_colours,
+    scale_band,
     source_reference,
 )
 
@@ -134,7 +133,7 @@ def render_summary(content: SummaryContent, width: int = SUMMARY_WIDTH) -> np.nd
             text_band(content.header(), width, unit),
             *rows,
             text_band(content.footer(), width, unit),
-            colour_scale(scale_colours(), width, SCALE_LABEL, unit),
+            scale_band(width, unit),
         ],
         width,
     )

@@ -4,7 +4,9 @@
 
 Prints the median time of each step and its ratio to reading the headers (dcmread,
 stop_before_pixels), which every study needs anyway: cleaning the copied attributes
-(node/results/sanitise.py), the SR, the heatmap banner, the summary image. Then, alternating
+(node/results/sanitise.py), the SR, the heatmap banner, the summary image, and the whole result set
+of the study as the worker writes it (`ResultSetWriter.write`: the SR, a heatmap SC per image and
+the summary image, built and written durably to a temporary data directory, then removed). Then, alternating
 baseline and candidate call by call: the SR document built by highdicom from the whole content
 tree (as before) against around the root container alone (`node.results.sr.document`), and the
 heatmap blended as before (every pixel, the colour ramp gathered by index) against now (the
@@ -15,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from node.inference.engine import ImageResult, StudyResult
+from node.inference.imaging import dicom_file_to_inputs
 from node.inference.model import normalise_cam, upsample_cam
 from node.results.identity import AlgorithmInfo, NodeIdentity
 from node.results.order import SourcePosition
@@ -46,6 +51,8 @@ from node.results.sc import (
 )
 from node.results.sr import _ROOT, build_sr, document
 from node.results.summary import SummaryContent, render_summary
+from node.storage import FileStore
+from node.work.result_set import ResultSetWriter, StudyEvidence
 
 
 def median_s(step: Callable[[], object], repeat: int) -> float:
@@ -93,6 +100,16 @@ def main() -> None:
         thumbnails=[blended[:256, :256]] * len(paths),
         software="mura-node",
     )
+    store = FileStore(Path(tempfile.mkdtemp(prefix="results-writers-")))
+    store.prepare()
+    writer = ResultSetWriter(store, algorithm, identity)
+    evidence = StudyEvidence(
+        headers,
+        cleaned,
+        [SourcePosition.of(h) for h in headers],
+        [dicom_file_to_inputs(p)[1] for p in paths],
+        result,
+    )
     steps: dict[str, Callable[[], object]] = {
         "read headers (baseline)": lambda: [dcmread(p, stop_before_pixels=True) for p in paths],
         "clean copied attributes": lambda: [clean_source(h) for h in headers],
@@ -106,6 +123,10 @@ def main() -> None:
         ),
         "banner + colour scale (per image)": lambda: annotate_heatmap(blended, caption),
         "summary image": lambda: render_summary(content),
+        # written durably, then removed (the same unlinks as a failed study's)
+        "whole result set (SR, SCs, summary)": lambda: writer.discard(
+            writer.write(evidence, datetime.now(), None, False)
+        ),
     }
     baseline = median_s(steps["read headers (baseline)"], args.repeat)
     print(f"{args.images} images of RG3_UNCR.dcm, median of {args.repeat}")

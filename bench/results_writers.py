@@ -52,6 +52,7 @@ from node.results.sc import (
 from node.results.sr import _ROOT, build_sr, document
 from node.results.summary import SummaryContent, render_summary
 from node.storage import FileStore
+from node.work import result_set
 from node.work.result_set import ResultSetWriter, StudyEvidence
 
 
@@ -103,12 +104,15 @@ def main() -> None:
     store = FileStore(Path(tempfile.mkdtemp(prefix="results-writers-")))
     store.prepare()
     writer = ResultSetWriter(store, algorithm, identity)
+    # maps of normal noise: about a fifth of each heatmap above the 0.2 floor, as in the node's
+    # own tests (the maps above are positive everywhere, every pixel coloured)
+    maps = np.random.default_rng(3).normal(size=(len(paths), 10, 10)).astype(np.float32)
     evidence = StudyEvidence(
         headers,
         cleaned,
         [SourcePosition.of(h) for h in headers],
         [dicom_file_to_inputs(p)[1] for p in paths],
-        result,
+        StudyResult("wrist", 0.6, 0.5, True, tuple(ImageResult(0.6, cam) for cam in maps)),
     )
     steps: dict[str, Callable[[], object]] = {
         "read headers (baseline)": lambda: [dcmread(p, stop_before_pixels=True) for p in paths],
@@ -133,6 +137,9 @@ def main() -> None:
     for name, step in steps.items():
         seconds = median_s(step, args.repeat)
         print(f"{name:36s} {seconds * 1000:8.2f} ms  {seconds / baseline:6.2f}x baseline")
+    print("the whole result set, step by step (CPU ms per study, median of each step)")
+    for name, milliseconds in writing_steps(writer, evidence, args.repeat).items():
+        print(f"    {name:32s} {milliseconds:8.2f} ms")
     sr = steps["build SR"]()
     assert isinstance(sr, Dataset)
     root = Dataset()
@@ -168,6 +175,54 @@ def main() -> None:
     ):
         a, b = alternating(before, after, args.repeat)
         print(f"{name:60s} {a * 1000:8.2f} ms -> {b * 1000:8.2f} ms  {a / b:5.2f}x faster")
+
+
+WRITING_STEPS = (
+    "build_sr",
+    "blend_heatmap",
+    "annotate_heatmap",
+    "build_sc",
+    "render_summary",
+    "build_summary",
+)
+
+
+def writing_steps(
+    writer: ResultSetWriter, evidence: StudyEvidence, repeat: int
+) -> dict[str, float]:
+    """CPU milliseconds per study of each step of `ResultSetWriter.write` (the functions it
+    calls, timed where node/work/result_set.py calls them; ``store <kind>``: encoding and the
+    durable write of each object), summed over a study's calls, median over ``repeat`` studies."""
+    timings: dict[str, list[float]] = {}
+
+    def timed(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def step(*args: Any, **kwargs: Any) -> Any:
+            started = time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                timings.setdefault(name, []).append(time.process_time() - started)
+
+        return step
+
+    originals = {name: getattr(result_set, name) for name in WRITING_STEPS}
+    store = ResultSetWriter._store
+    try:
+        for name, function in originals.items():
+            setattr(result_set, name, timed(name, function))
+        ResultSetWriter._store = lambda self, kind, ds: timed(f"store {kind}", store)(  # type: ignore[method-assign]
+            self, kind, ds
+        )
+        for _ in range(repeat):
+            writer.discard(writer.write(evidence, datetime.now(), None, False))
+    finally:
+        for name, function in originals.items():
+            setattr(result_set, name, function)
+        ResultSetWriter._store = store  # type: ignore[method-assign]
+    return {
+        name: statistics.median(values) * 1000 * (len(values) // repeat)
+        for name, values in timings.items()
+    }
 
 
 def alternating(

@@ -4,10 +4,12 @@
 
 Prints the median time of each step and its ratio to reading the headers (dcmread,
 stop_before_pixels), which every study needs anyway: cleaning the copied attributes
-(node/results/sanitise.py), the SR, the heatmap banner, the summary image, and the whole result set
-of the study as the worker writes it (`ResultSetWriter.write`: the SR, a heatmap SC per image and
-the summary image, built and written durably to a temporary data directory, then removed). Then, alternating
-baseline and candidate call by call: the SR document built by highdicom from the whole content
+(node/results/sanitise.py), the SR, the heatmap banner (its colour scale band is drawn once per
+size, so from the second call on this row times the banner's text), the summary image (of
+256-pixel thumbnails), and the whole result set of the study as the worker writes it
+(`ResultSetWriter.write`: the SR, a heatmap SC per image and the summary image, built and written
+durably to a temporary data directory, then removed), with the CPU time of each of its steps.
+Then, alternating baseline and candidate call by call: the SR document built by highdicom from the whole content
 tree (as before) against around the root container alone (`node.results.sr.document`), and the
 heatmap blended as before (every pixel, the colour ramp gathered by index) against now (the
 shown evidence only, the ramp interpolated by ``np.interp``).
@@ -101,7 +103,8 @@ def main() -> None:
         thumbnails=[blended[:256, :256]] * len(paths),
         software="mura-node",
     )
-    store = FileStore(Path(tempfile.mkdtemp(prefix="results-writers-")))
+    scratch = tempfile.TemporaryDirectory(prefix="results-writers-")
+    store = FileStore(Path(scratch.name))
     store.prepare()
     writer = ResultSetWriter(store, algorithm, identity)
     # maps of normal noise: about a fifth of each heatmap above the 0.2 floor, as in the node's
@@ -175,6 +178,7 @@ def main() -> None:
     ):
         a, b = alternating(before, after, args.repeat)
         print(f"{name:60s} {a * 1000:8.2f} ms -> {b * 1000:8.2f} ms  {a / b:5.2f}x faster")
+    scratch.cleanup()
 
 
 WRITING_STEPS = (

@@ -92,8 +92,8 @@ def _warn_missing_font(path: Path) -> None:
 def wrap(text: str, face: Font, width: float) -> list[str]:
     """``text`` split at spaces into lines no wider than ``width`` pixels (a single word that is
     wider stays whole on its own line: a checksum is never cut)."""
-    if face.getlength(text) <= width:
-        return [text]  # the usual case: one measure instead of one per word
+    if not text.startswith(" ") and face.getlength(text) <= width:
+        return [text]  # the usual case: one measure instead of one per word (same lines)
     lines: list[str] = []
     current = ""
     for word in text.split(" "):

@@ -8,8 +8,9 @@ tables of PS3.3, about 3 ms on this project's machines, and a study's result set
 twenty times: about 15 % of the CPU time of writing a three-image study's results
 (docs/performance.md). The answer depends only on the question and on tables that never change
 while the process runs, so `cache_iod_lookups` puts a cache in front of highdicom's own function:
-the same answers, each computed once per process. An unknown SOP class still raises highdicom's
-KeyError (an error is never cached).
+the same answers, each computed once per process, for the questions highdicom asks (a keyword, a
+UID, and a list of keywords or nothing); any other arguments go to highdicom's function as they
+are. An unknown SOP class still raises highdicom's KeyError (an error is never cached).
 
 This is the node's only reach into a private name of highdicom. ``CHECKED_NAMES`` lists the modules
 that import the function by name; tests/unit/test_highdicom_lookups.py checks the function's
@@ -42,10 +43,25 @@ def _cached(lookup: Lookup) -> Lookup:
     def is_attribute_in_iod(
         attribute: str, sop_class_uid: str, exclude_path_elements: Sequence[str] | None = None
     ) -> bool:
-        excluded = None if exclude_path_elements is None else tuple(exclude_path_elements)
-        return answer(str(attribute), str(sop_class_uid), excluded)
+        excluded = exclude_path_elements
+        if (
+            isinstance(attribute, str)
+            and isinstance(sop_class_uid, str)
+            and (
+                excluded is None
+                or (
+                    isinstance(excluded, list | tuple) and all(isinstance(e, str) for e in excluded)
+                )
+            )
+        ):
+            # what highdicom passes: a keyword, a UID, a list of keywords or nothing
+            return answer(
+                str(attribute), str(sop_class_uid), None if excluded is None else tuple(excluded)
+            )
+        return lookup(attribute, sop_class_uid, excluded)  # anything else: highdicom's own answer
 
     is_attribute_in_iod.uncached = lookup  # type: ignore[attr-defined]
+    is_attribute_in_iod.cache_info = answer.cache_info  # type: ignore[attr-defined]
     return is_attribute_in_iod
 
 

@@ -51,7 +51,8 @@ class StudyEvidence:
     """What a study's results are built from, every list in the source's order (one item per
     analysed image): ``headers`` as received, ``sources`` their cleaned copies
     (node/results/sanitise.py), ``positions`` the source's numbering, ``displays`` the display
-    images (H x W x 3 uint8 or H x W) and ``result`` the engine's probabilities and maps."""
+    images (display values in [0, 1], float32, H x W or H x W x 3; node/inference/imaging.py) and
+    ``result`` the engine's probabilities and maps."""
 
     headers: list[Dataset]
     sources: list[Dataset]

@@ -29,8 +29,6 @@ from typing import Any
 
 import highdicom as hd
 import numpy as np
-import torch
-import torch.nn.functional as F
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
@@ -38,18 +36,17 @@ from pydicom.uid import generate_uid
 
 from node.inference.engine import ImageResult, StudyResult
 from node.inference.imaging import dicom_file_to_inputs
-from node.inference.model import normalise_cam, upsample_cam
 from node.results.identity import AlgorithmInfo, NodeIdentity
 from node.results.order import SourcePosition
 from node.results.sanitise import clean_source
 from node.results.sc import (
-    EVIDENCE_FLOOR,
-    MAX_OPACITY,
-    MAX_SIDE,
     HeatmapCaption,
     annotate_heatmap,
     blend_heatmap,
     colour_ramp,
+    display_and_map,
+    opacity,
+    to_8_bits,
 )
 from node.results.sr import _ROOT, build_sr, document
 from node.results.summary import SummaryContent, render_summary
@@ -244,19 +241,9 @@ def alternating(
 
 def blend_every_pixel(unit: np.ndarray, cam: np.ndarray) -> np.ndarray:
     """`blend_heatmap` as it was: every pixel blended, opacity 0 included (the baseline)."""
-    height, width = unit.shape
-    scale = min(1.0, MAX_SIDE / max(height, width))
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    image = torch.from_numpy(np.ascontiguousarray(unit, dtype=np.float32))[None, None]
-    if size != (height, width):
-        image = F.interpolate(
-            image, size=size, mode="bilinear", align_corners=False, antialias=True
-        )
-    base = image[0, 0].clamp(0, 1).numpy()
-    heat = normalise_cam(upsample_cam(torch.from_numpy(cam), *size)).numpy()
-    alpha = (MAX_OPACITY * np.clip((heat - EVIDENCE_FLOOR) / (1 - EVIDENCE_FLOOR), 0, 1))[..., None]
-    blended = base[..., None] * (1 - alpha) + ramp_by_index(heat) * alpha
-    return np.round(np.clip(blended, 0, 1) * 255).astype(np.uint8)
+    base, heat = display_and_map(unit, cam)
+    alpha = opacity(heat)[..., None]
+    return to_8_bits(base[..., None] * (1 - alpha) + ramp_by_index(heat) * alpha)
 
 
 def ramp_by_index(values: np.ndarray) -> np.ndarray:

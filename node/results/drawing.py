@@ -94,6 +94,12 @@ def wrap(text: str, face: Font, width: float) -> list[str]:
     wider stays whole on its own line: a checksum is never cut)."""
     if not text.startswith(" ") and face.getlength(text) <= width:
         return [text]  # the usual case: one measure instead of one per word (same lines)
+    return greedy_lines(text, face, width)
+
+
+def greedy_lines(text: str, face: Font, width: float) -> list[str]:
+    """`wrap`'s rule: words (split at single spaces) added to the current line while it stays
+    within ``width``; a word that does not fit starts the next line."""
     lines: list[str] = []
     current = ""
     for word in text.split(" "):

@@ -34,6 +34,20 @@ CHECKED_NAMES = ("highdicom._standard_utils", "highdicom.base", "highdicom.sr.co
 Lookup = Callable[[str, str, "Sequence[str] | None"], bool]
 
 
+def _question(
+    attribute: object, sop_class_uid: object, excluded: object
+) -> tuple[str, str, tuple[str, ...] | None] | None:
+    """The cache's key for what highdicom asks (a keyword, a UID, a list of keywords or
+    nothing); None for any other arguments."""
+    if not (isinstance(attribute, str) and isinstance(sop_class_uid, str)):
+        return None
+    if excluded is None:
+        return attribute, sop_class_uid, None
+    if isinstance(excluded, list | tuple) and all(isinstance(e, str) for e in excluded):
+        return attribute, sop_class_uid, tuple(excluded)
+    return None
+
+
 def _cached(lookup: Lookup) -> Lookup:
     @lru_cache(maxsize=4096)
     def answer(attribute: str, sop_class_uid: str, excluded: tuple[str, ...] | None) -> bool:
@@ -43,22 +57,10 @@ def _cached(lookup: Lookup) -> Lookup:
     def is_attribute_in_iod(
         attribute: str, sop_class_uid: str, exclude_path_elements: Sequence[str] | None = None
     ) -> bool:
-        excluded = exclude_path_elements
-        if (
-            isinstance(attribute, str)
-            and isinstance(sop_class_uid, str)
-            and (
-                excluded is None
-                or (
-                    isinstance(excluded, list | tuple) and all(isinstance(e, str) for e in excluded)
-                )
-            )
-        ):
-            # what highdicom passes: a keyword, a UID, a list of keywords or nothing
-            return answer(
-                str(attribute), str(sop_class_uid), None if excluded is None else tuple(excluded)
-            )
-        return lookup(attribute, sop_class_uid, excluded)  # anything else: highdicom's own answer
+        question = _question(attribute, sop_class_uid, exclude_path_elements)
+        if question is None:  # not what highdicom asks: its own answer
+            return lookup(attribute, sop_class_uid, exclude_path_elements)
+        return answer(*question)
 
     is_attribute_in_iod.uncached = lookup  # type: ignore[attr-defined]
     is_attribute_in_iod.cache_info = answer.cache_info  # type: ignore[attr-defined]

@@ -87,9 +87,12 @@ class HeatmapCaption:
         ]
 
 
-def blend_heatmap(unit: np.ndarray, cam: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
-    """Display values (H, W) or (H, W, 3) in [0, 1] and a raw map (h, w) to the radiograph with the
-    map blended in colour: RGB uint8 (H', W', 3), longest side at most ``max_side``."""
+def display_and_map(
+    unit: np.ndarray, cam: np.ndarray, max_side: int = MAX_SIDE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Display values (H, W) or (H, W, 3) in [0, 1] and a raw map (h, w) to what the heatmap is
+    drawn from: the radiograph in gray and the map's positive part scaled to [0, 1], both float32
+    (H', W'), longest side at most ``max_side`` (aspect ratio kept)."""
     gray = unit if unit.ndim == 2 else unit @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     height, width = gray.shape
     scale = min(1.0, max_side / max(height, width))
@@ -100,22 +103,32 @@ def blend_heatmap(unit: np.ndarray, cam: np.ndarray, max_side: int = MAX_SIDE) -
             image, size=size, mode="bilinear", align_corners=False, antialias=True
         )
     base = image[0, 0].clamp(0, 1).numpy()
-    heat = normalise_cam(upsample_cam(torch.from_numpy(cam), *size)).numpy()
+    return base, normalise_cam(upsample_cam(torch.from_numpy(cam), *size)).numpy()
+
+
+def opacity(heat: np.ndarray) -> np.ndarray:
+    """The colour's opacity for map values in [0, 1] (any shape): 0 up to the evidence floor,
+    rising linearly to `MAX_OPACITY` at 1."""
+    return MAX_OPACITY * np.clip((heat - EVIDENCE_FLOOR) / (1 - EVIDENCE_FLOOR), 0, 1)
+
+
+def blend_heatmap(unit: np.ndarray, cam: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
+    """Display values (H, W) or (H, W, 3) in [0, 1] and a raw map (h, w) to the radiograph with the
+    map blended in colour: RGB uint8 (H', W', 3), longest side at most ``max_side``."""
+    base, heat = display_and_map(unit, cam, max_side)
     # Colour goes only where the map exceeds the floor; elsewhere its opacity is 0 and the
     # radiograph stays as it is: those pixels are converted to 8 bits once, in gray, and only the
     # shown ones are blended in floating point (the same values as blending every pixel).
     shown = np.flatnonzero(heat > EVIDENCE_FLOOR)
     evidence = heat.ravel()[shown]
-    alpha = (MAX_OPACITY * np.clip((evidence - EVIDENCE_FLOOR) / (1 - EVIDENCE_FLOOR), 0, 1))[
-        :, None
-    ]
+    alpha = opacity(evidence)[:, None]
     mixed = base.ravel()[shown][:, None] * (1 - alpha) + colour_ramp(evidence) * alpha
-    blended = np.repeat(_to_8_bits(base)[..., None], 3, axis=2)
-    blended.reshape(-1, 3)[shown] = _to_8_bits(mixed)
+    blended = np.repeat(to_8_bits(base)[..., None], 3, axis=2)
+    blended.reshape(-1, 3)[shown] = to_8_bits(mixed)
     return blended
 
 
-def _to_8_bits(values: np.ndarray) -> np.ndarray:
+def to_8_bits(values: np.ndarray) -> np.ndarray:
     """Values in [0, 1] (clipped) to uint8, rounded to the nearest."""
     return np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)
 

@@ -173,6 +173,17 @@ def stalled_study(
     return node, uid, proxy, sender
 
 
+def finish_sending(node: Node, uid: str, proxy: StallingProxy, sender: Sender) -> None:
+    """Let the stalled image through, then wait for its study to leave RECEIVING."""
+    proxy.release()
+    sender.wait()
+    wait_for(
+        lambda: study_row(node, uid).state != "RECEIVING",
+        timeout=30.0,
+        what="the study to complete",
+    )
+
+
 def test_a_stalled_image_holds_its_study_until_it_arrives(
     make_node: Callable[..., Node], proxies: Callable[[int], StallingProxy], tmp_path: Path
 ) -> None:
@@ -190,13 +201,7 @@ def test_a_stalled_image_holds_its_study_until_it_arrives(
             f"completed with the first image while the second was in flight: {history(node, uid)}"
         )
         time.sleep(0.1)
-    proxy.release()
-    sender.wait()
-    wait_for(
-        lambda: study_row(node, uid).state != "RECEIVING",
-        timeout=30.0,
-        what="the study to complete",
-    )
+    finish_sending(node, uid, proxy, sender)
     row = study_row(node, uid)
     assert (row.state, row.generation, image_count(node, uid)) == ("READY", 1, 2)
     events = history(node, uid)
@@ -219,13 +224,7 @@ def test_a_hold_ends_by_the_time_the_quiet_period_after_its_image_does(
     )
     wait_for(lambda: study_row(node, uid).held_until is not None, timeout=10, what="the hold")
     time.sleep(0.6)
-    proxy.release()
-    sender.wait()
-    wait_for(
-        lambda: study_row(node, uid).state != "RECEIVING",
-        timeout=30.0,
-        what="the study to complete",
-    )
+    finish_sending(node, uid, proxy, sender)
     assert [event for event, _ in history(node, uid)] == ["opened", "ready"]
 
 

@@ -1,4 +1,5 @@
-"""Burned-in text (node/results/drawing.py): `wrap` against the greedy rule it implements, and the
+"""Burned-in text (node/results/drawing.py): `wrap`, which measures a line that fits once, against
+the greedy rule it otherwise applies word by word, and the
 colour scale band drawn once per size (node/results/sc.py `scale_band`)."""
 
 from __future__ import annotations
@@ -8,24 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.results.drawing import Font, Style, colour_scale, font, wrap
+from node.results.drawing import Style, colour_scale, font, greedy_lines, wrap
 from node.results.sc import SCALE_LABEL, scale_band, scale_colours
-
-
-def greedy(text: str, face: Font, width: float) -> list[str]:
-    """Words (split at single spaces) added to the current line while it stays within
-    ``width``; a word that does not fit starts the next line."""
-    lines: list[str] = []
-    current = ""
-    for word in text.split(" "):
-        candidate = f"{current} {word}" if current else word
-        if current and face.getlength(candidate) > width:
-            lines.append(current)
-            current = word
-        else:
-            current = candidate
-    lines.append(current)
-    return lines
 
 
 @settings(max_examples=200, deadline=None)
@@ -37,7 +22,7 @@ def greedy(text: str, face: Font, width: float) -> list[str]:
 )
 def test_wrap_gives_the_greedy_lines(text: str, style: Style, size: int, width: int) -> None:
     face = font(style, size)
-    assert wrap(text, face, width) == greedy(text, face, width)
+    assert wrap(text, face, width) == greedy_lines(text, face, width)
 
 
 @pytest.mark.parametrize(
@@ -46,7 +31,7 @@ def test_wrap_gives_the_greedy_lines(text: str, style: Style, size: int, width: 
 def test_wrap_of_spaces_and_long_words(text: str) -> None:
     face = font(Style.MONO, 16)
     for width in (10, 200, 2000):
-        assert wrap(text, face, width) == greedy(text, face, width)
+        assert wrap(text, face, width) == greedy_lines(text, face, width)
 
 
 def test_the_colour_scale_band_is_drawn_once_per_size_and_cannot_be_changed() -> None:

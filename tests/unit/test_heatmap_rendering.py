@@ -1,4 +1,4 @@
-"""Rendering the heatmaps. `blend_heatmap` against its rule applied to every pixel (node/results/sc.py's docstring): the
+"""`blend_heatmap` against its rule applied to every pixel (node/results/sc.py's docstring): the
 radiograph, the map's positive part scaled to [0, 1], colour along the ramp with opacity
 0.45 x (map - 0.2) / 0.8 where the map exceeds 0.2, rounded to 8 bits. The node blends only the
 shown pixels; the result must be the same, value for value."""
@@ -6,30 +6,16 @@ shown pixels; the result must be the same, value for value."""
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.inference.model import normalise_cam, upsample_cam
-from node.results.sc import EVIDENCE_FLOOR, MAX_OPACITY, blend_heatmap, colour_ramp
+from node.results.sc import blend_heatmap, colour_ramp, display_and_map, opacity, to_8_bits
 
 
 def every_pixel(unit: np.ndarray, cam: np.ndarray, max_side: int) -> np.ndarray:
-    gray = unit if unit.ndim == 2 else unit @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    height, width = gray.shape
-    scale = min(1.0, max_side / max(height, width))
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    image = torch.from_numpy(np.ascontiguousarray(gray, dtype=np.float32))[None, None]
-    if size != (height, width):
-        image = F.interpolate(
-            image, size=size, mode="bilinear", align_corners=False, antialias=True
-        )
-    base = image[0, 0].clamp(0, 1).numpy()
-    heat = normalise_cam(upsample_cam(torch.from_numpy(cam), *size)).numpy()
-    alpha = (MAX_OPACITY * np.clip((heat - EVIDENCE_FLOOR) / (1 - EVIDENCE_FLOOR), 0, 1))[..., None]
-    blended = base[..., None] * (1 - alpha) + colour_ramp(heat) * alpha
-    return np.round(np.clip(blended, 0, 1) * 255).astype(np.uint8)
+    base, heat = display_and_map(unit, cam, max_side)
+    alpha = opacity(heat)[..., None]
+    return to_8_bits(base[..., None] * (1 - alpha) + colour_ramp(heat) * alpha)
 
 
 @settings(max_examples=60, deadline=None)
@@ -67,3 +53,8 @@ def test_a_map_without_positive_evidence_leaves_the_radiograph_gray() -> None:
     got = blend_heatmap(unit, -np.ones((10, 10), np.float32))
     assert np.array_equal(got[..., 0], got[..., 1]) and np.array_equal(got[..., 1], got[..., 2])
     assert np.array_equal(got[..., 0], np.round(unit * 255).astype(np.uint8))
+
+
+def test_the_opacity_rises_from_the_evidence_floor_to_45_percent() -> None:
+    heat = np.array([0.0, 0.1, 0.2, 0.6, 1.0, 1.5], np.float32)
+    assert np.allclose(opacity(heat), [0, 0, 0, 0.225, 0.45, 0.45])
